@@ -1,0 +1,3 @@
+//! The `raintree` binary.
+
+fn main() {}

@@ -1,0 +1,474 @@
+//! Wire messages (SPEC 7): Rust types over the protobuf schema, with typed decode errors.
+//!
+//! Decoding never panics: every field is checked and every failure is a [`WireError`].
+
+use bytes::{Bytes, BytesMut};
+use prost::Message as _;
+
+use crate::pb;
+use crate::peers::{Address, ADDRESS_LEN};
+
+/// Default limit on a broadcast or direct payload: 4 MiB, a full block.
+pub const DEFAULT_MAX_PAYLOAD: usize = 4 * 1024 * 1024;
+
+/// Largest `Goodbye` reason accepted, so a peer cannot make us hold a huge string.
+pub const MAX_REASON_LEN: usize = 256;
+
+/// Identifies one broadcast: `(origin address, nonce)`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct MessageId {
+    /// The originator's address.
+    pub origin: Address,
+    /// A random number chosen by the originator.
+    pub nonce: u64,
+}
+
+/// Which tree a network uses (SPEC 2 and 3).
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, Debug, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// The Pocket reference tree with exact integer arithmetic.
+    #[default]
+    Reference,
+    /// The exact partition tree: every node reached exactly once.
+    Exact,
+}
+
+/// How a gossip copy reached its receiver.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub enum Route {
+    /// A tree send; expects an ACK.
+    #[default]
+    Tree,
+    /// A redundancy push towards the left ring neighbour.
+    RingLeft,
+    /// A redundancy push towards the right ring neighbour.
+    RingRight,
+    /// The full message after a WANT.
+    Cleanup,
+    /// A replacement send after a failed ACK; expects no ACK.
+    Resend,
+}
+
+/// A broadcast payload in flight.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct Gossip {
+    /// The broadcast this copy belongs to.
+    pub id: MessageId,
+    /// Level (reference strategy) or owned range length (exact strategy).
+    pub level_or_range: u32,
+    /// The tree in use.
+    pub strategy: Strategy,
+    /// How this copy travels.
+    pub route: Route,
+    /// Microseconds since the Unix epoch at the originator.
+    pub origin_time_us: u64,
+    /// Hops from the originator (1 for the originator's own sends).
+    pub hops: u32,
+    /// The application payload, shared, never copied per peer.
+    pub payload: Bytes,
+}
+
+/// Every message a raintree connection carries.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Message {
+    /// A broadcast payload.
+    Gossip(Gossip),
+    /// Acknowledges a tree send.
+    Ack {
+        /// The broadcast acknowledged.
+        id: MessageId,
+        /// The level or range of the acknowledged copy.
+        level_or_range: u32,
+    },
+    /// "I got, you want?"
+    Igyw {
+        /// The broadcast offered.
+        id: MessageId,
+    },
+    /// The answer to an `Igyw`.
+    IgywReply {
+        /// The broadcast offered.
+        id: MessageId,
+        /// True asks for the full message.
+        want: bool,
+    },
+    /// A level-0 send: delivered, never forwarded.
+    Direct {
+        /// Identifies the message for dedup.
+        id: MessageId,
+        /// The application payload.
+        payload: Bytes,
+    },
+    /// A request expecting one `Response`.
+    Request {
+        /// Correlates the response, unique per connection direction.
+        id: u64,
+        /// The request body.
+        payload: Bytes,
+    },
+    /// The answer to a `Request`.
+    Response {
+        /// The id of the request answered.
+        id: u64,
+        /// The response body.
+        payload: Bytes,
+    },
+    /// Sent before a graceful close.
+    Goodbye {
+        /// A short human-readable reason.
+        reason: String,
+    },
+}
+
+/// Why bytes are not a valid message, or a message may not be sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The bytes are not a protobuf `Envelope`.
+    #[error("malformed protobuf: {0}")]
+    Protobuf(String),
+    /// The envelope carries no message.
+    #[error("envelope has no body")]
+    EmptyEnvelope,
+    /// A message lacks its id.
+    #[error("message id missing")]
+    MissingId,
+    /// An origin address of the wrong length.
+    #[error("origin address must be {ADDRESS_LEN} bytes, got {0}")]
+    BadAddress(usize),
+    /// An enum value this version does not know.
+    #[error("unknown {field} value {value}")]
+    UnknownEnum {
+        /// The field name.
+        field: &'static str,
+        /// The value received.
+        value: i32,
+    },
+    /// A payload over the configured limit.
+    #[error("payload of {len} bytes exceeds the limit of {max}")]
+    PayloadTooLarge {
+        /// The payload length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A goodbye reason longer than [`MAX_REASON_LEN`].
+    #[error("goodbye reason of {0} bytes is too long")]
+    ReasonTooLong(usize),
+}
+
+impl Message {
+    /// The payload this message carries, if any.
+    pub fn payload(&self) -> Option<&Bytes> {
+        match self {
+            Message::Gossip(g) => Some(&g.payload),
+            Message::Direct { payload, .. }
+            | Message::Request { payload, .. }
+            | Message::Response { payload, .. } => Some(payload),
+            _ => None,
+        }
+    }
+
+    /// A short name of the message kind, for metrics labels and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Gossip(_) => "gossip",
+            Message::Ack { .. } => "ack",
+            Message::Igyw { .. } => "igyw",
+            Message::IgywReply { .. } => "igyw_reply",
+            Message::Direct { .. } => "direct",
+            Message::Request { .. } => "request",
+            Message::Response { .. } => "response",
+            Message::Goodbye { .. } => "goodbye",
+        }
+    }
+
+    /// True for small control messages that travel ahead of bulk data.
+    pub fn is_control(&self) -> bool {
+        matches!(
+            self,
+            Message::Ack { .. }
+                | Message::Igyw { .. }
+                | Message::IgywReply { .. }
+                | Message::Goodbye { .. }
+        )
+    }
+
+    /// Refuses a message whose payload exceeds `max` bytes, before it reaches the wire.
+    pub fn check_payload(&self, max: usize) -> Result<(), WireError> {
+        match self.payload() {
+            Some(p) if p.len() > max => Err(WireError::PayloadTooLarge { len: p.len(), max }),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn id_to_pb(id: &MessageId) -> Option<pb::MessageId> {
+    Some(pb::MessageId {
+        origin: Bytes::copy_from_slice(&id.origin.0),
+        nonce: id.nonce,
+    })
+}
+
+fn id_from_pb(id: Option<pb::MessageId>) -> Result<MessageId, WireError> {
+    let id = id.ok_or(WireError::MissingId)?;
+    let origin: [u8; ADDRESS_LEN] = id
+        .origin
+        .as_ref()
+        .try_into()
+        .map_err(|_| WireError::BadAddress(id.origin.len()))?;
+    Ok(MessageId {
+        origin: Address(origin),
+        nonce: id.nonce,
+    })
+}
+
+impl From<&Message> for pb::Envelope {
+    fn from(m: &Message) -> Self {
+        use pb::envelope::Body;
+        let body = match m {
+            Message::Gossip(g) => Body::Gossip(pb::Gossip {
+                id: id_to_pb(&g.id),
+                level_or_range: g.level_or_range,
+                strategy: match g.strategy {
+                    Strategy::Reference => pb::Strategy::Reference,
+                    Strategy::Exact => pb::Strategy::Exact,
+                } as i32,
+                route: match g.route {
+                    Route::Tree => pb::Route::Tree,
+                    Route::RingLeft => pb::Route::RingLeft,
+                    Route::RingRight => pb::Route::RingRight,
+                    Route::Cleanup => pb::Route::Cleanup,
+                    Route::Resend => pb::Route::Resend,
+                } as i32,
+                origin_time_us: g.origin_time_us,
+                hops: g.hops,
+                payload: g.payload.clone(),
+            }),
+            Message::Ack { id, level_or_range } => Body::Ack(pb::Ack {
+                id: id_to_pb(id),
+                level_or_range: *level_or_range,
+            }),
+            Message::Igyw { id } => Body::Igyw(pb::Igyw { id: id_to_pb(id) }),
+            Message::IgywReply { id, want } => Body::IgywReply(pb::IgywReply {
+                id: id_to_pb(id),
+                want: *want,
+            }),
+            Message::Direct { id, payload } => Body::Direct(pb::Direct {
+                id: id_to_pb(id),
+                payload: payload.clone(),
+            }),
+            Message::Request { id, payload } => Body::Request(pb::Request {
+                id: *id,
+                payload: payload.clone(),
+            }),
+            Message::Response { id, payload } => Body::Response(pb::Response {
+                id: *id,
+                payload: payload.clone(),
+            }),
+            Message::Goodbye { reason } => Body::Goodbye(pb::Goodbye {
+                reason: reason.clone(),
+            }),
+        };
+        pb::Envelope { body: Some(body) }
+    }
+}
+
+impl TryFrom<pb::Envelope> for Message {
+    type Error = WireError;
+
+    fn try_from(e: pb::Envelope) -> Result<Self, WireError> {
+        use pb::envelope::Body;
+        Ok(match e.body.ok_or(WireError::EmptyEnvelope)? {
+            Body::Gossip(g) => Message::Gossip(Gossip {
+                id: id_from_pb(g.id)?,
+                level_or_range: g.level_or_range,
+                strategy: match pb::Strategy::try_from(g.strategy) {
+                    Ok(pb::Strategy::Reference) => Strategy::Reference,
+                    Ok(pb::Strategy::Exact) => Strategy::Exact,
+                    Err(_) => {
+                        return Err(WireError::UnknownEnum {
+                            field: "strategy",
+                            value: g.strategy,
+                        })
+                    }
+                },
+                route: match pb::Route::try_from(g.route) {
+                    Ok(pb::Route::Tree) => Route::Tree,
+                    Ok(pb::Route::RingLeft) => Route::RingLeft,
+                    Ok(pb::Route::RingRight) => Route::RingRight,
+                    Ok(pb::Route::Cleanup) => Route::Cleanup,
+                    Ok(pb::Route::Resend) => Route::Resend,
+                    Err(_) => {
+                        return Err(WireError::UnknownEnum {
+                            field: "route",
+                            value: g.route,
+                        })
+                    }
+                },
+                origin_time_us: g.origin_time_us,
+                hops: g.hops,
+                payload: g.payload,
+            }),
+            Body::Ack(a) => Message::Ack {
+                id: id_from_pb(a.id)?,
+                level_or_range: a.level_or_range,
+            },
+            Body::Igyw(i) => Message::Igyw {
+                id: id_from_pb(i.id)?,
+            },
+            Body::IgywReply(r) => Message::IgywReply {
+                id: id_from_pb(r.id)?,
+                want: r.want,
+            },
+            Body::Direct(d) => Message::Direct {
+                id: id_from_pb(d.id)?,
+                payload: d.payload,
+            },
+            Body::Request(r) => Message::Request {
+                id: r.id,
+                payload: r.payload,
+            },
+            Body::Response(r) => Message::Response {
+                id: r.id,
+                payload: r.payload,
+            },
+            Body::Goodbye(g) => {
+                if g.reason.len() > MAX_REASON_LEN {
+                    return Err(WireError::ReasonTooLong(g.reason.len()));
+                }
+                Message::Goodbye { reason: g.reason }
+            }
+        })
+    }
+}
+
+/// Encodes a message as one protobuf `Envelope`.
+pub fn encode(m: &Message) -> Bytes {
+    let env = pb::Envelope::from(m);
+    let mut buf = BytesMut::with_capacity(env.encoded_len());
+    // Encoding into a buffer sized by `encoded_len` cannot fail.
+    env.encode(&mut buf).expect("buffer sized by encoded_len");
+    buf.freeze()
+}
+
+/// Decodes one `Envelope`, refusing payloads over `max_payload` bytes.
+///
+/// Payload fields are slices of `bytes`, so decoding does not copy them.
+pub fn decode(bytes: Bytes, max_payload: usize) -> Result<Message, WireError> {
+    let env = pb::Envelope::decode(bytes).map_err(|e| WireError::Protobuf(e.to_string()))?;
+    let m = Message::try_from(env)?;
+    m.check_payload(max_payload)?;
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Strategy;
+    use super::*;
+    use proptest::prelude::{any, proptest};
+
+    fn id() -> MessageId {
+        MessageId {
+            origin: Address::from_index(1),
+            nonce: 0x0102_0304_0506_0708,
+        }
+    }
+
+    fn samples() -> Vec<Message> {
+        vec![
+            Message::Gossip(Gossip {
+                id: id(),
+                level_or_range: 3,
+                strategy: Strategy::Exact,
+                route: Route::RingLeft,
+                origin_time_us: 1_700_000_000_000_000,
+                hops: 2,
+                payload: Bytes::from_static(b"block"),
+            }),
+            Message::Ack {
+                id: id(),
+                level_or_range: 2,
+            },
+            Message::Igyw { id: id() },
+            Message::IgywReply {
+                id: id(),
+                want: true,
+            },
+            Message::Direct {
+                id: id(),
+                payload: Bytes::from_static(b"x"),
+            },
+            Message::Request {
+                id: 9,
+                payload: Bytes::from_static(b"ping"),
+            },
+            Message::Response {
+                id: 9,
+                payload: Bytes::new(),
+            },
+            Message::Goodbye {
+                reason: "shutdown".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        for m in samples() {
+            let back = decode(encode(&m), DEFAULT_MAX_PAYLOAD).unwrap();
+            assert_eq!(back, m);
+        }
+    }
+
+    #[test]
+    fn typed_errors() {
+        assert_eq!(
+            decode(Bytes::new(), DEFAULT_MAX_PAYLOAD),
+            Err(WireError::EmptyEnvelope)
+        );
+        let big = Message::Direct {
+            id: id(),
+            payload: Bytes::from(vec![0u8; 11]),
+        };
+        assert_eq!(
+            decode(encode(&big), 10),
+            Err(WireError::PayloadTooLarge { len: 11, max: 10 })
+        );
+        // An Ack whose id has a 3-byte origin.
+        let bad = pb::Envelope {
+            body: Some(pb::envelope::Body::Ack(pb::Ack {
+                id: Some(pb::MessageId {
+                    origin: Bytes::from_static(b"abc"),
+                    nonce: 1,
+                }),
+                level_or_range: 1,
+            })),
+        };
+        assert_eq!(
+            decode(bad.encode_to_vec().into(), 10),
+            Err(WireError::BadAddress(3))
+        );
+        assert!(matches!(
+            decode(Bytes::from_static(&[0xff, 0xff]), 10),
+            Err(WireError::Protobuf(_))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(Bytes::from(data), 64);
+        }
+
+        #[test]
+        fn mutated_valid_messages_never_panic(idx in 0usize..8, flip in any::<(usize, u8)>()) {
+            let mut raw = encode(&samples()[idx]).to_vec();
+            let at = flip.0 % raw.len();
+            raw[at] ^= flip.1;
+            let _ = decode(Bytes::from(raw), 64);
+        }
+    }
+}

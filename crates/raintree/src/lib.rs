@@ -1,0 +1,6 @@
+//! RainTree over TCP: an authenticated, encrypted, pooled transport and the node that drives
+//! the `raintree-proto` state machine with it.
+
+pub mod transport;
+
+pub use raintree_proto as proto;

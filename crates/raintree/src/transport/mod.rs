@@ -1,0 +1,1 @@
+//! The transport: listener, Noise handshake, framing, connection pool, queues, shutdown.
