@@ -1,1 +1,344 @@
 //! The transport: listener, Noise handshake, framing, connection pool, queues, shutdown.
+//!
+//! One [`Transport`] per node. Every connection starts with a Noise XX handshake proving both
+//! Ed25519 identities (see `docs/WIRE.md`), then carries length-prefixed protobuf frames inside
+//! Noise transport messages. At most one connection per peer is kept and reused for every
+//! message; each peer has a byte-bounded queue (control messages first) that outlives its
+//! connections, so a reconnect or a simultaneous-dial swap loses nothing.
+
+mod conn;
+pub mod framing;
+pub mod handshake;
+mod identity;
+mod metrics;
+mod pool;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use raintree_proto::wire::{self, Message};
+use raintree_proto::Address;
+use tokio::sync::mpsc;
+
+pub use identity::Identity;
+pub use metrics::TransportMetrics;
+pub use pool::ShutdownReport;
+
+use pool::Inner;
+
+/// Transport settings; [`TransportConfig::new`] gives the defaults.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// Where to listen (port 0 picks a free port; read it back with `local_addr`).
+    pub listen: SocketAddr,
+    /// Known peers and where they listen.
+    pub peers: HashMap<Address, SocketAddr>,
+    /// Accept authenticated peers that are not in `peers`.
+    pub open: bool,
+    /// Most inbound connections (handshaking ones included); the excess is closed at once.
+    pub max_inbound: usize,
+    /// Most outbound connections (dialling ones included).
+    pub max_outbound: usize,
+    /// A handshake not finished within this is dropped.
+    pub handshake_timeout: Duration,
+    /// A connection with no traffic either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Most bytes queued for one peer (payload plus a fixed per-message allowance).
+    pub queue_bytes: usize,
+    /// Largest payload sent or accepted.
+    pub max_payload: usize,
+    /// Wait before redialling a peer after a failed dial; doubles per failure.
+    pub dial_backoff: Duration,
+    /// Upper bound of the doubling dial backoff.
+    pub max_dial_backoff: Duration,
+    /// Events buffered for the application before readers wait for it.
+    pub event_capacity: usize,
+    /// Most bytes a writer takes from its queue for one socket write.
+    pub batch_bytes: usize,
+    /// After sending Goodbye, how long to wait for the peer to close its side.
+    pub linger: Duration,
+}
+
+impl TransportConfig {
+    /// Defaults: 125 inbound / 125 outbound, 5 s handshake, 5 min idle, 32 MiB per peer.
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            peers: HashMap::new(),
+            open: false,
+            max_inbound: 125,
+            max_outbound: 125,
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(300),
+            queue_bytes: 32 * 1024 * 1024,
+            max_payload: wire::DEFAULT_MAX_PAYLOAD,
+            dial_backoff: Duration::from_millis(250),
+            max_dial_backoff: Duration::from_secs(30),
+            event_capacity: 4096,
+            batch_bytes: 256 * 1024,
+            linger: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why the transport could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The listener could not bind.
+    #[error("bind {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The Noise library could not generate keys.
+    #[error("noise: {0}")]
+    Noise(#[from] snow::Error),
+    /// A setting is out of range.
+    #[error("invalid config: {0}")]
+    Config(String),
+}
+
+/// Why a message could not be queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The peer is neither in the peer list nor connected.
+    #[error("unknown peer {0}")]
+    UnknownPeer(Address),
+    /// The peer's queue has no room for this message.
+    #[error("queue for {peer} full ({queued} of {limit} bytes)")]
+    QueueFull {
+        /// The peer.
+        peer: Address,
+        /// Bytes already queued.
+        queued: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The payload exceeds `max_payload`; nothing was sent.
+    #[error("payload of {len} bytes exceeds the limit of {max}")]
+    PayloadTooLarge {
+        /// The payload length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Dialling the peer would exceed `max_outbound`.
+    #[error("outbound connection limit reached")]
+    OutboundLimit,
+    /// The transport is shutting down.
+    #[error("transport is shut down")]
+    Shutdown,
+}
+
+/// How a request ended without a response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The request could not be queued.
+    #[error("send: {0}")]
+    Send(#[from] SendError),
+    /// No response within the deadline.
+    #[error("no response within the deadline")]
+    Timeout,
+    /// The connection to the peer closed before the response arrived.
+    #[error("connection closed before the response")]
+    ConnectionClosed,
+    /// The transport shut down before the response arrived.
+    #[error("transport shut down before the response")]
+    Shutdown,
+}
+
+/// Why an inbound connection was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefuseReason {
+    /// `max_inbound` connections were already open.
+    InboundLimit,
+    /// The handshake did not finish within `handshake_timeout`.
+    HandshakeTimeout,
+    /// The handshake failed (the label says how).
+    HandshakeFailed(&'static str),
+    /// The peer proved an identity that is not in the peer list (and the node is not open).
+    UnknownPeer(Address),
+    /// The peer proved our own identity.
+    SelfConnection,
+}
+
+impl RefuseReason {
+    /// A short label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RefuseReason::InboundLimit => "inbound_limit",
+            RefuseReason::HandshakeTimeout => "handshake_timeout",
+            RefuseReason::HandshakeFailed(_) => "handshake_failed",
+            RefuseReason::UnknownPeer(_) => "unknown_peer",
+            RefuseReason::SelfConnection => "self_connection",
+        }
+    }
+}
+
+/// What the transport reports to its owner.
+#[derive(Debug)]
+pub enum Event {
+    /// A message from a peer (every kind except Request, Response and Goodbye).
+    Message {
+        /// The sender.
+        peer: Address,
+        /// The message.
+        message: Message,
+    },
+    /// A request from a peer; answer with `responder.respond(..)`.
+    Request {
+        /// The requester.
+        peer: Address,
+        /// The request body.
+        payload: Bytes,
+        /// Sends the one response.
+        responder: Responder,
+    },
+    /// A connection to `peer` is established.
+    ConnectionUp {
+        /// The peer.
+        peer: Address,
+        /// True when the peer dialled us.
+        inbound: bool,
+    },
+    /// A connection to `peer` closed.
+    ConnectionDown {
+        /// The peer.
+        peer: Address,
+        /// Why.
+        reason: String,
+    },
+    /// An inbound connection was refused.
+    Refused {
+        /// The remote socket address.
+        remote: SocketAddr,
+        /// Why.
+        reason: RefuseReason,
+    },
+}
+
+/// The stream of [`Event`]s of one transport.
+pub struct Events {
+    rx: mpsc::Receiver<Event>,
+}
+
+impl Events {
+    /// The next event; `None` once the transport has shut down and every event was read.
+    ///
+    /// Cancel-safe: dropping the future loses no event.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+
+    /// The next event if one is ready.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        self.rx.try_recv().ok()
+    }
+}
+
+/// Sends the response to one request. Dropping it sends nothing; the requester times out.
+pub struct Responder {
+    inner: Arc<Inner>,
+    peer: Address,
+    id: u64,
+}
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Responder")
+            .field("peer", &self.peer)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl Responder {
+    /// Queues the response; it is dropped (and counted) if it cannot be queued.
+    pub fn respond(self, payload: Bytes) {
+        let msg = Message::Response {
+            id: self.id,
+            payload,
+        };
+        if let Err(e) = self.inner.enqueue(self.peer, msg, |_| {}) {
+            tracing::debug!(peer = %self.peer, error = %e, "response dropped");
+        }
+    }
+}
+
+/// A running transport. Cheap to clone; every clone drives the same listener and pool.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+impl Transport {
+    /// Binds the listener and starts accepting; returns the handle and its event stream.
+    pub async fn bind(
+        identity: Identity,
+        config: TransportConfig,
+        metrics: TransportMetrics,
+    ) -> Result<(Transport, Events), TransportError> {
+        let (inner, rx) = Inner::start(identity, config, metrics).await?;
+        Ok((Transport { inner }, Events { rx }))
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// This node's identity address.
+    pub fn address(&self) -> Address {
+        self.inner.address
+    }
+
+    /// The metrics this transport updates.
+    pub fn metrics(&self) -> &TransportMetrics {
+        &self.inner.metrics
+    }
+
+    /// Replaces the peer list; connections to peers no longer in it close.
+    pub fn set_peers(&self, peers: HashMap<Address, SocketAddr>) {
+        self.inner.set_peers(peers);
+    }
+
+    /// Queues `msg` for `peer` on its pooled connection, dialling if needed.
+    ///
+    /// Resolves once queued (never waits for the network), so it is cancel-safe. Fails if the
+    /// peer is unknown, its queue is full, the payload is too large or the transport is shut
+    /// down.
+    pub async fn send(&self, peer: Address, msg: Message) -> Result<(), SendError> {
+        self.inner.enqueue(peer, msg, |_| {})
+    }
+
+    /// Queues `msg` for `peer` without waiting; a message that cannot be queued is dropped and
+    /// counted in `queue_drops_total`.
+    pub fn write(&self, peer: Address, msg: Message) {
+        if let Err(e) = self.inner.enqueue(peer, msg, |_| {}) {
+            tracing::trace!(%peer, error = %e, "write dropped");
+        }
+    }
+
+    /// Sends a request and waits up to `deadline` for its response.
+    ///
+    /// Ends in exactly one outcome. Cancel-safe: dropping the future forgets the request.
+    pub async fn request(
+        &self,
+        peer: Address,
+        payload: Bytes,
+        deadline: Duration,
+    ) -> Result<Bytes, RequestError> {
+        self.inner.request(peer, payload, deadline).await
+    }
+
+    /// Stops accepting, drains queued sends up to `deadline`, sends Goodbye on every
+    /// connection, closes every socket and returns once every task has ended.
+    pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
+        self.inner.shutdown(deadline).await
+    }
+}
