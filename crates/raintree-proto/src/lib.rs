@@ -3,7 +3,10 @@
 //! Time enters only as an argument (`now`), randomness only through a seeded RNG, so the same
 //! core runs in a real node, in the deterministic simulator and in unit tests.
 
+pub mod broadcast;
 pub mod peers;
+pub mod sim;
+pub mod tree;
 pub mod wire;
 
 /// The generated protobuf types of `proto/raintree.proto`.
@@ -12,5 +15,5 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/raintree.v1.rs"));
 }
 
-pub use peers::Address;
+pub use peers::{Address, PeerList};
 pub use wire::{Message, MessageId};

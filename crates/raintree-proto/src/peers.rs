@@ -86,6 +86,63 @@ impl<'de> serde::Deserialize<'de> for Address {
     }
 }
 
+/// The sorted, deduplicated peer list of SPEC 1 (self included), shared between nodes by `Arc`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerList {
+    sorted: Vec<Address>,
+}
+
+impl PeerList {
+    /// Sorts and deduplicates `peers`.
+    pub fn new(peers: impl IntoIterator<Item = Address>) -> Self {
+        let mut sorted: Vec<Address> = peers.into_iter().collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        PeerList { sorted }
+    }
+
+    /// Number of peers, `N`.
+    pub fn len(&self) -> usize {
+        self.sorted.len()
+    }
+
+    /// True when no peer is known.
+    pub fn is_empty(&self) -> bool {
+        self.sorted.is_empty()
+    }
+
+    /// The sorted position of `a`, found by binary search.
+    pub fn position(&self, a: &Address) -> Option<usize> {
+        self.sorted.binary_search(a).ok()
+    }
+
+    /// The address at sorted position `pos`.
+    pub fn get(&self, pos: usize) -> Option<Address> {
+        self.sorted.get(pos).copied()
+    }
+
+    /// The sorted addresses.
+    pub fn as_slice(&self) -> &[Address] {
+        &self.sorted
+    }
+
+    /// The address at `offset` in the view of the node at sorted position `me` (SPEC 1).
+    pub fn at_offset(&self, me: usize, offset: usize) -> Option<Address> {
+        let n = self.sorted.len();
+        if n == 0 {
+            return None;
+        }
+        self.get((me % n + offset % n) % n)
+    }
+
+    /// The view offset of `a` as seen from sorted position `me`, if `a` is in the list.
+    pub fn offset_of(&self, me: usize, a: &Address) -> Option<usize> {
+        let n = self.sorted.len();
+        let p = self.position(a)?;
+        Some((p + n - me % n) % n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +153,22 @@ mod tests {
         assert_eq!(a.to_hex().parse::<Address>().unwrap(), a);
         assert_eq!("abc".parse::<Address>(), Err(AddressParseError::Length(3)));
         assert!("zz".repeat(20).parse::<Address>().is_err());
+    }
+
+    #[test]
+    fn peer_list_sorts_dedups_and_rotates() {
+        let a: Vec<Address> = (0..5).map(Address::from_index).collect();
+        let list = PeerList::new(a.iter().rev().copied().chain(a.iter().copied()));
+        assert_eq!(list.len(), 5);
+        assert!(list.as_slice().windows(2).all(|w| w[0] < w[1]));
+        for (i, x) in list.as_slice().iter().enumerate() {
+            assert_eq!(list.position(x), Some(i));
+            assert_eq!(list.at_offset(i, 0), Some(*x));
+            assert_eq!(list.at_offset(i, 1), list.get((i + 1) % 5));
+            assert_eq!(list.offset_of(3, x), Some((i + 5 - 3) % 5));
+        }
+        assert_eq!(list.position(&Address::from_index(99)), None);
+        assert_eq!(PeerList::new([]).at_offset(0, 0), None);
     }
 
     #[test]

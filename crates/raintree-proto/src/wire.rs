@@ -457,6 +457,69 @@ mod tests {
         ));
     }
 
+    /// One `Message` per oneof case; the exhaustive match fails to compile if the schema gains
+    /// a case the Rust types do not map.
+    fn sample_for(body: &pb::envelope::Body) -> Message {
+        use pb::envelope::Body;
+        let s = samples();
+        match body {
+            Body::Gossip(_) => s[0].clone(),
+            Body::Ack(_) => s[1].clone(),
+            Body::Igyw(_) => s[2].clone(),
+            Body::IgywReply(_) => s[3].clone(),
+            Body::Direct(_) => s[4].clone(),
+            Body::Request(_) => s[5].clone(),
+            Body::Response(_) => s[6].clone(),
+            Body::Goodbye(_) => s[7].clone(),
+        }
+    }
+
+    #[test]
+    fn schema_and_rust_types_agree() {
+        let mut cases = std::collections::HashSet::new();
+        for m in samples() {
+            let env = pb::Envelope::from(&m);
+            let body = env.body.clone().expect("every message has a body");
+            // The variant maps to the oneof case of the same name, and back to itself.
+            assert_eq!(sample_for(&body), m);
+            assert_eq!(Message::try_from(env).unwrap(), m);
+            assert!(cases.insert(std::mem::discriminant(&body)));
+        }
+        assert_eq!(cases.len(), 8, "every oneof case is covered");
+        // Every enum value the schema defines converts, and nothing else does.
+        for v in -1..8 {
+            let g = pb::Gossip {
+                id: id_to_pb(&id()),
+                strategy: v,
+                route: v,
+                ..Default::default()
+            };
+            let env = pb::Envelope {
+                body: Some(pb::envelope::Body::Gossip(g)),
+            };
+            let ok = Message::try_from(env).is_ok();
+            let known = pb::Strategy::try_from(v).is_ok() && pb::Route::try_from(v).is_ok();
+            assert_eq!(ok, known, "value {v}");
+        }
+        for r in [
+            Route::Tree,
+            Route::RingLeft,
+            Route::RingRight,
+            Route::Cleanup,
+            Route::Resend,
+        ] {
+            for st in [Strategy::Reference, Strategy::Exact] {
+                let m = Message::Gossip(Gossip {
+                    id: id(),
+                    route: r,
+                    strategy: st,
+                    ..Gossip::default()
+                });
+                assert_eq!(decode(encode(&m), 0).unwrap(), m);
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn decoding_arbitrary_bytes_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {

@@ -1,0 +1,130 @@
+//! Per-message broadcast state (SPEC 2, 4-6) as a pure state machine.
+//!
+//! Inputs are events ([`Engine::broadcast`], [`Engine::handle_message`],
+//! [`Engine::handle_timeout`], [`Engine::set_peers`]); outputs are sends and deliveries
+//! ([`Engine::poll_output`]) and the next deadline ([`Engine::poll_timeout`]).
+
+mod config;
+mod engine;
+mod rng;
+mod seen;
+#[cfg(test)]
+mod tests;
+
+use bytes::Bytes;
+
+pub use config::{Config, ParseEnumError, Redundancy};
+pub use engine::Engine;
+pub use rng::SplitMix64;
+
+use crate::peers::Address;
+use crate::wire::{Message, MessageId, Strategy};
+
+/// What the engine asks its driver to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send `message` (Gossip, Ack, Igyw or IgywReply) to `to`.
+    Send {
+        /// The receiver.
+        to: Address,
+        /// The message.
+        message: Message,
+    },
+    /// Hand a payload to the application; happens exactly once per id.
+    Deliver {
+        /// The broadcast (or direct message) delivered.
+        id: MessageId,
+        /// Its payload.
+        payload: Bytes,
+        /// Microseconds since the Unix epoch at the originator (0 for direct messages).
+        origin_time_us: u64,
+        /// Hops from the originator.
+        hops: u32,
+    },
+}
+
+/// Counters of everything the engine did, for metrics and the simulator.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Broadcasts originated here.
+    pub broadcasts: u64,
+    /// Payloads handed to the application.
+    pub deliveries: u64,
+    /// Copies of already known messages received.
+    pub duplicates: u64,
+    /// Gossip messages sent (tree, resend, ring and clean-up).
+    pub gossip_sent: u64,
+    /// ACKs sent.
+    pub acks_sent: u64,
+    /// ACKs received that matched a pending send.
+    pub acks_received: u64,
+    /// Tree sends whose ACK did not come in time.
+    pub ack_timeouts: u64,
+    /// Replacement sends after ACK timeouts.
+    pub resends: u64,
+    /// Failed tree sends with no replacement left.
+    pub give_ups: u64,
+    /// Redundancy-layer ring pushes sent.
+    pub redundancy_sends: u64,
+    /// IGYW offers sent.
+    pub igyw_sent: u64,
+    /// WANT replies received to our offers.
+    pub igyw_want: u64,
+    /// HAVE replies received to our offers.
+    pub igyw_have: u64,
+    /// Full messages sent after a WANT.
+    pub cleanup_sends: u64,
+    /// Messages refused (wrong strategy, oversized, unexpected kind).
+    pub rejected: u64,
+    /// Seen-set entries dropped for capacity before their age limit.
+    pub evicted: u64,
+}
+
+impl Stats {
+    /// Adds every counter of `other` to this one.
+    pub fn add(&mut self, o: &Stats) {
+        self.broadcasts += o.broadcasts;
+        self.deliveries += o.deliveries;
+        self.duplicates += o.duplicates;
+        self.gossip_sent += o.gossip_sent;
+        self.acks_sent += o.acks_sent;
+        self.acks_received += o.acks_received;
+        self.ack_timeouts += o.ack_timeouts;
+        self.resends += o.resends;
+        self.give_ups += o.give_ups;
+        self.redundancy_sends += o.redundancy_sends;
+        self.igyw_sent += o.igyw_sent;
+        self.igyw_want += o.igyw_want;
+        self.igyw_have += o.igyw_have;
+        self.cleanup_sends += o.cleanup_sends;
+        self.rejected += o.rejected;
+        self.evicted += o.evicted;
+    }
+}
+
+/// Why the engine refused an input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// This node's address is not in the peer list given.
+    #[error("this node is not in the peer list")]
+    NotInPeerList,
+    /// A payload over the configured limit; nothing was sent.
+    #[error("payload of {len} bytes exceeds the limit of {max}")]
+    PayloadTooLarge {
+        /// The payload length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A gossip copy of the other tree strategy.
+    #[error("gossip uses strategy {got}, this network uses {expected}")]
+    StrategyMismatch {
+        /// Ours.
+        expected: Strategy,
+        /// Theirs.
+        got: Strategy,
+    },
+    /// A message kind the engine does not handle (request, response, goodbye).
+    #[error("unexpected message: {0}")]
+    Unexpected(&'static str),
+}

@@ -1,0 +1,624 @@
+//! Engine tests over a tiny in-order network (the simulator has its own, timed tests).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use proptest::prelude::{any, prop_assert, prop_oneof, proptest, Just, Strategy as PropStrategy};
+
+use super::*;
+use crate::peers::PeerList;
+use crate::wire::{Gossip, Route, Strategy};
+
+const T0: Duration = Duration::ZERO;
+
+/// N engines delivering messages in FIFO order at one instant; counts reads/writes per position.
+struct Net {
+    list: Arc<PeerList>,
+    engines: Vec<Engine>,
+    queue: VecDeque<(usize, usize, Message)>,
+    reads: Vec<u32>,
+    writes: Vec<u32>,
+    delivered: Vec<u32>,
+    dead: Vec<bool>,
+}
+
+impl Net {
+    fn new(n: usize, config: Config) -> Self {
+        let list = Arc::new(PeerList::new((0..n as u64).map(Address::from_index)));
+        let engines = list
+            .as_slice()
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Engine::new(config.clone(), *a, list.clone(), i as u64).unwrap())
+            .collect();
+        Net {
+            list,
+            engines,
+            queue: VecDeque::new(),
+            reads: vec![0; n],
+            writes: vec![0; n],
+            delivered: vec![0; n],
+            dead: vec![false; n],
+        }
+    }
+
+    fn drain(&mut self, i: usize) {
+        while let Some(out) = self.engines[i].poll_output() {
+            match out {
+                Output::Send { to, message } => {
+                    let j = self.list.position(&to).unwrap();
+                    if matches!(message, Message::Gossip(_)) {
+                        self.writes[i] += 1;
+                    }
+                    self.queue.push_back((i, j, message));
+                }
+                Output::Deliver { .. } => self.delivered[i] += 1,
+            }
+        }
+    }
+
+    fn run(&mut self, now: Duration) {
+        for i in 0..self.engines.len() {
+            self.drain(i);
+        }
+        while let Some((from, to, m)) = self.queue.pop_front() {
+            if self.dead[to] {
+                continue;
+            }
+            if matches!(m, Message::Gossip(_)) {
+                self.reads[to] += 1;
+            }
+            let from = self.list.get(from).unwrap();
+            self.engines[to].handle_message(now, from, m).unwrap();
+            self.drain(to);
+        }
+    }
+
+    /// Fires every timer due by `until`, in deadline order, running the network in between.
+    fn run_timers(&mut self, until: Duration) {
+        loop {
+            let next = (0..self.engines.len())
+                .filter(|&i| !self.dead[i])
+                .filter_map(|i| self.engines[i].poll_timeout().map(|t| (t, i)))
+                .filter(|&(t, _)| t <= until)
+                .min();
+            let Some((t, i)) = next else { break };
+            self.engines[i].handle_timeout(t);
+            self.drain(i);
+            self.run(t);
+        }
+    }
+}
+
+fn conformance() -> Config {
+    Config {
+        acks: false,
+        forward_duplicates: true,
+        ..Config::default()
+    }
+}
+
+fn table(n: usize) -> Vec<(u32, u32)> {
+    let mut net = Net::new(n, conformance());
+    net.engines[0]
+        .broadcast(T0, Bytes::from_static(b"b"), 0)
+        .unwrap();
+    net.run(T0);
+    net.reads
+        .iter()
+        .copied()
+        .zip(net.writes.iter().copied())
+        .collect()
+}
+
+#[test]
+fn spec_reference_tables() {
+    assert_eq!(table(2), vec![(0, 1), (1, 0)]);
+    assert_eq!(table(4), vec![(0, 3), (2, 1), (2, 1), (1, 0)]);
+    #[rustfmt::skip]
+    let twelve = vec![(1, 6), (3, 2), (2, 2), (2, 0), (2, 4), (3, 2), (2, 2), (2, 0),
+                      (2, 4), (3, 2), (2, 2), (2, 0)];
+    assert_eq!(table(12), twelve);
+}
+
+#[test]
+fn exact_strategy_reaches_everyone_once_with_n_minus_1_sends() {
+    let config = Config {
+        strategy: Strategy::Exact,
+        acks: false,
+        ..Config::default()
+    };
+    for n in 1..=150 {
+        let mut net = Net::new(n, config.clone());
+        net.engines[n / 2]
+            .broadcast(T0, Bytes::from_static(b"x"), 0)
+            .unwrap();
+        net.run(T0);
+        let sends: u32 = net.writes.iter().sum();
+        assert_eq!(sends as usize, n - 1, "n={n}");
+        for (i, d) in net.delivered.iter().enumerate() {
+            assert_eq!(*d, u32::from(i != n / 2), "n={n} position {i}");
+        }
+        assert!(net.reads.iter().all(|&r| r <= 1));
+    }
+}
+
+#[test]
+fn reference_strategy_covers_powers_of_three_and_delivers_once() {
+    for n in [3, 9, 27, 81, 243] {
+        let mut net = Net::new(
+            n,
+            Config {
+                acks: false,
+                ..Config::default()
+            },
+        );
+        net.engines[0]
+            .broadcast(T0, Bytes::from_static(b"x"), 0)
+            .unwrap();
+        net.run(T0);
+        assert!(net.delivered[1..].iter().all(|&d| d == 1), "n={n}");
+        assert_eq!(net.engines[1].stats().deliveries, 1);
+    }
+}
+
+#[test]
+fn deliveries_carry_payload_and_hops() {
+    let mut net = Net::new(
+        9,
+        Config {
+            acks: false,
+            ..Config::default()
+        },
+    );
+    let id = net.engines[0]
+        .broadcast(T0, Bytes::from_static(b"hello"), 42)
+        .unwrap();
+    // Position 3 is the originator's first level-2 target: one hop.
+    let sends: Vec<Output> = std::iter::from_fn(|| net.engines[0].poll_output()).collect();
+    let Output::Send { to, message } = &sends[0] else {
+        panic!("send expected")
+    };
+    assert_eq!(net.list.position(to), Some(3));
+    net.engines[3]
+        .handle_message(T0, net.list.get(0).unwrap(), message.clone())
+        .unwrap();
+    let out = net.engines[3].poll_output().unwrap();
+    assert_eq!(
+        out,
+        Output::Deliver {
+            id,
+            payload: Bytes::from_static(b"hello"),
+            origin_time_us: 42,
+            hops: 1
+        }
+    );
+    let Some(Output::Send {
+        message: Message::Gossip(g),
+        ..
+    }) = net.engines[3].poll_output()
+    else {
+        panic!("forward expected")
+    };
+    assert_eq!((g.hops, g.level_or_range, g.route), (2, 1, Route::Tree));
+}
+
+#[test]
+fn errors_are_typed_and_emit_nothing() {
+    let list = Arc::new(PeerList::new((0..3).map(Address::from_index)));
+    let stranger = Address::from_index(99);
+    assert_eq!(
+        Engine::new(Config::default(), stranger, list.clone(), 1).err(),
+        Some(EngineError::NotInPeerList)
+    );
+    let me = list.get(0).unwrap();
+    let mut e = Engine::new(
+        Config {
+            max_payload: 4,
+            ..Config::default()
+        },
+        me,
+        list.clone(),
+        1,
+    )
+    .unwrap();
+    assert_eq!(
+        e.broadcast(T0, Bytes::from_static(b"12345"), 0),
+        Err(EngineError::PayloadTooLarge { len: 5, max: 4 })
+    );
+    assert!(e.poll_output().is_none());
+    assert_eq!(e.poll_timeout(), None);
+    let from = list.get(1).unwrap();
+    let req = Message::Request {
+        id: 1,
+        payload: Bytes::new(),
+    };
+    assert_eq!(
+        e.handle_message(T0, from, req),
+        Err(EngineError::Unexpected("request"))
+    );
+    let exact = Message::Gossip(Gossip {
+        strategy: Strategy::Exact,
+        ..Gossip::default()
+    });
+    assert!(matches!(
+        e.handle_message(T0, from, exact),
+        Err(EngineError::StrategyMismatch { .. })
+    ));
+    assert_eq!(e.stats().rejected, 2);
+    assert!(e.poll_output().is_none());
+    assert_eq!(
+        e.set_peers(Arc::new(PeerList::new([stranger]))),
+        Err(EngineError::NotInPeerList)
+    );
+}
+
+#[test]
+fn direct_messages_are_delivered_once_and_never_forwarded() {
+    let mut net = Net::new(5, Config::default());
+    let id = MessageId {
+        origin: net.list.get(1).unwrap(),
+        nonce: 7,
+    };
+    let from = net.list.get(1).unwrap();
+    for _ in 0..2 {
+        let m = Message::Direct {
+            id,
+            payload: Bytes::from_static(b"d"),
+        };
+        net.engines[0].handle_message(T0, from, m).unwrap();
+    }
+    let outs: Vec<Output> = std::iter::from_fn(|| net.engines[0].poll_output()).collect();
+    assert_eq!(outs.len(), 1);
+    assert!(matches!(outs[0], Output::Deliver { hops: 1, .. }));
+    assert_eq!(net.engines[0].stats().duplicates, 1);
+}
+
+#[test]
+fn tree_copies_are_acked_even_when_duplicate() {
+    let list = Arc::new(PeerList::new((0..9).map(Address::from_index)));
+    let me = list.get(4).unwrap();
+    let from = list.get(0).unwrap();
+    let mut e = Engine::new(Config::default(), me, list.clone(), 3).unwrap();
+    let id = MessageId {
+        origin: from,
+        nonce: 1,
+    };
+    let copy = Gossip {
+        id,
+        level_or_range: 1,
+        hops: 1,
+        payload: Bytes::from_static(b"p"),
+        ..Gossip::default()
+    };
+    for _ in 0..2 {
+        e.handle_message(T0, from, Message::Gossip(copy.clone()))
+            .unwrap();
+    }
+    let acks = std::iter::from_fn(|| e.poll_output())
+        .filter(|o| matches!(o, Output::Send { message: Message::Ack { level_or_range: 1, .. }, to } if *to == from))
+        .count();
+    assert_eq!(acks, 2);
+}
+
+#[test]
+fn level_aware_dedup_forwards_only_new_levels() {
+    let list = Arc::new(PeerList::new((0..27).map(Address::from_index)));
+    let from = list.get(0).unwrap();
+    let mut e = Engine::new(
+        Config {
+            acks: false,
+            ..Config::default()
+        },
+        list.get(5).unwrap(),
+        list.clone(),
+        3,
+    )
+    .unwrap();
+    let id = MessageId {
+        origin: from,
+        nonce: 1,
+    };
+    let copy = |level| {
+        Message::Gossip(Gossip {
+            id,
+            level_or_range: level,
+            payload: Bytes::from_static(b"p"),
+            ..Gossip::default()
+        })
+    };
+    let count = |e: &mut Engine| {
+        std::iter::from_fn(|| e.poll_output())
+            .filter(|o| matches!(o, Output::Send { .. }))
+            .count()
+    };
+    e.handle_message(T0, from, copy(2)).unwrap();
+    assert_eq!(count(&mut e), 2); // level 1: two targets
+    e.handle_message(T0, from, copy(2)).unwrap();
+    e.handle_message(T0, from, copy(1)).unwrap();
+    assert_eq!(count(&mut e), 0);
+    e.handle_message(T0, from, copy(3)).unwrap();
+    assert_eq!(count(&mut e), 2); // only level 2 is new
+    assert_eq!(e.stats().duplicates, 3);
+}
+
+#[test]
+fn reference_resends_to_neighbours_of_a_dead_target() {
+    let list = Arc::new(PeerList::new((0..27).map(Address::from_index)));
+    let mut e = Engine::new(Config::default(), list.get(0).unwrap(), list.clone(), 1).unwrap();
+    e.broadcast(T0, Bytes::from_static(b"x"), 0).unwrap();
+    let mut sends = 0;
+    while let Some(Output::Send {
+        to,
+        message: Message::Gossip(g),
+    }) = e.poll_output()
+    {
+        sends += 1;
+        // Everyone but position 9 (the first level-3 target) acknowledges.
+        if list.position(&to) != Some(9) {
+            let ack = Message::Ack {
+                id: g.id,
+                level_or_range: g.level_or_range,
+            };
+            e.handle_message(T0, to, ack).unwrap();
+        }
+    }
+    assert_eq!(sends, 6);
+    assert_eq!(e.poll_timeout(), Some(Duration::from_millis(500)));
+    e.handle_timeout(Duration::from_millis(500));
+    let resent: Vec<(Option<usize>, u32, Route)> = std::iter::from_fn(|| e.poll_output())
+        .filter_map(|o| match o {
+            Output::Send {
+                to,
+                message: Message::Gossip(g),
+            } => Some((list.position(&to), g.level_or_range, g.route)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        resent,
+        vec![(Some(10), 2, Route::Resend), (Some(8), 2, Route::Resend)]
+    );
+    let s = e.stats();
+    assert_eq!(
+        (s.acks_received, s.ack_timeouts, s.resends, s.give_ups),
+        (5, 1, 2, 0)
+    );
+    // Replacements expect no ACK: nothing is pending but the seen-set's age limit.
+    assert_eq!(e.poll_timeout(), Some(Config::default().seen_ttl));
+}
+
+#[test]
+fn exact_redelegates_a_dead_targets_part() {
+    let config = Config {
+        strategy: Strategy::Exact,
+        ..Config::default()
+    };
+    let mut net = Net::new(27, config);
+    net.dead[9] = true;
+    net.engines[0]
+        .broadcast(T0, Bytes::from_static(b"x"), 0)
+        .unwrap();
+    net.run(T0);
+    net.run_timers(Duration::from_secs(5));
+    assert_eq!(net.engines[0].stats().resends, 1);
+    for i in 1..27 {
+        assert_eq!(net.delivered[i], u32::from(i != 9), "position {i}");
+    }
+}
+
+#[test]
+fn exact_gives_up_after_retries() {
+    let config = Config {
+        strategy: Strategy::Exact,
+        exact_retries: 2,
+        ..Config::default()
+    };
+    let mut net = Net::new(27, config);
+    for d in 9..=12 {
+        net.dead[d] = true;
+    }
+    net.engines[0]
+        .broadcast(T0, Bytes::from_static(b"x"), 0)
+        .unwrap();
+    net.run(T0);
+    net.run_timers(Duration::from_secs(5));
+    let s = net.engines[0].stats();
+    assert_eq!((s.ack_timeouts, s.resends, s.give_ups), (3, 2, 1));
+}
+
+#[test]
+fn redundancy_fills_tree_gaps_along_the_ring() {
+    // Without ACKs a dead tree node's subtree is lost; the right-ring push recovers it.
+    let base = Config {
+        acks: false,
+        ..Config::default()
+    };
+    let mut plain = Net::new(27, base.clone());
+    plain.dead[9] = true;
+    plain.engines[0]
+        .broadcast(T0, Bytes::from_static(b"x"), 0)
+        .unwrap();
+    plain.run(T0);
+    let missed = plain.delivered[1..].iter().filter(|&&d| d == 0).count();
+    assert!(missed > 1);
+    let mut net = Net::new(
+        27,
+        Config {
+            redundancy: Redundancy::Right,
+            ..base
+        },
+    );
+    net.dead[9] = true;
+    net.engines[0]
+        .broadcast(T0, Bytes::from_static(b"x"), 0)
+        .unwrap();
+    net.run(T0);
+    for i in 1..27 {
+        assert_eq!(net.delivered[i], u32::from(i != 9), "position {i}");
+    }
+    let pushes: u64 = net.engines.iter().map(|e| e.stats().redundancy_sends).sum();
+    assert!(pushes <= 26);
+}
+
+#[test]
+fn igyw_chain_skips_dead_neighbours_and_fills_gaps() {
+    let config = Config {
+        acks: false,
+        cleanup: true,
+        igyw_skip_limit: 2,
+        ..Config::default()
+    };
+    let mut net = Net::new(27, config);
+    net.dead[9] = true;
+    net.engines[0]
+        .broadcast(T0, Bytes::from_static(b"x"), 0)
+        .unwrap();
+    net.run(T0);
+    net.run_timers(Duration::from_secs(10));
+    for i in 1..27 {
+        assert_eq!(net.delivered[i], u32::from(i != 9), "position {i}");
+    }
+    let s: Stats = net.engines.iter().fold(Stats::default(), |mut a, e| {
+        a.add(e.stats());
+        a
+    });
+    assert!(s.igyw_want > 0 && s.cleanup_sends == s.igyw_want);
+    assert!(s.igyw_have > 0);
+}
+
+#[test]
+fn seen_set_is_bounded_and_expires_after_timers() {
+    let list = Arc::new(PeerList::new((0..3).map(Address::from_index)));
+    let me = list.get(0).unwrap();
+    let from = list.get(1).unwrap();
+    let config = Config {
+        acks: false,
+        seen_capacity: 4,
+        seen_ttl: Duration::from_secs(1),
+        ..Config::default()
+    };
+    let mut e = Engine::new(config, me, list.clone(), 0).unwrap();
+    for nonce in 0..10 {
+        let id = MessageId {
+            origin: from,
+            nonce,
+        };
+        let m = Message::Direct {
+            id,
+            payload: Bytes::new(),
+        };
+        e.handle_message(T0, from, m).unwrap();
+    }
+    assert_eq!(e.seen_len(), 4);
+    assert_eq!(e.stats().evicted, 6);
+    e.handle_timeout(Duration::from_millis(999));
+    assert_eq!(e.seen_len(), 4);
+    e.handle_timeout(Duration::from_secs(1));
+    assert_eq!(e.seen_len(), 0);
+    assert_eq!(e.poll_timeout(), None);
+
+    // With a pending ACK longer than the TTL the entry stays until the ACK timer is resolved.
+    let config = Config {
+        seen_ttl: Duration::from_millis(100),
+        ack_timeout: Duration::from_millis(500),
+        ..Config::default()
+    };
+    let mut e = Engine::new(config, me, list, 0).unwrap();
+    let id = e.broadcast(T0, Bytes::from_static(b"x"), 0).unwrap();
+    e.handle_timeout(Duration::from_millis(200));
+    assert!(e.has_seen(&id));
+    e.handle_timeout(Duration::from_millis(500));
+    assert!(e.has_seen(&id));
+    let end = e.poll_timeout().unwrap();
+    e.handle_timeout(end);
+    assert!(!e.has_seen(&id));
+}
+
+fn arb_message() -> impl PropStrategy<Value = Message> {
+    let id = (0u64..4, 0u64..3).prop_map(|(o, nonce)| MessageId {
+        origin: Address::from_index(o),
+        nonce,
+    });
+    prop_oneof![
+        (
+            id.clone(),
+            any::<u32>(),
+            any::<bool>(),
+            0u8..5,
+            any::<u32>()
+        )
+            .prop_map(|(id, lor, ex, r, hops)| {
+                Message::Gossip(Gossip {
+                    id,
+                    level_or_range: lor,
+                    strategy: if ex {
+                        Strategy::Exact
+                    } else {
+                        Strategy::Reference
+                    },
+                    route: [
+                        Route::Tree,
+                        Route::RingLeft,
+                        Route::RingRight,
+                        Route::Cleanup,
+                        Route::Resend,
+                    ][r as usize],
+                    origin_time_us: 0,
+                    hops,
+                    payload: Bytes::from_static(b"p"),
+                })
+            }),
+        (id.clone(), any::<u32>()).prop_map(|(id, lor)| Message::Ack {
+            id,
+            level_or_range: lor
+        }),
+        id.clone().prop_map(|id| Message::Igyw { id }),
+        (id.clone(), any::<bool>()).prop_map(|(id, want)| Message::IgywReply { id, want }),
+        id.prop_map(|id| Message::Direct {
+            id,
+            payload: Bytes::new()
+        }),
+        Just(Message::Goodbye {
+            reason: String::new()
+        }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_inputs_never_panic(
+        exact in any::<bool>(),
+        steps in proptest::collection::vec((0u64..5, arb_message(), 0u64..2000), 0..60),
+    ) {
+        let list = Arc::new(PeerList::new((0..4).map(Address::from_index)));
+        let config = Config {
+            strategy: if exact { Strategy::Exact } else { Strategy::Reference },
+            redundancy: Redundancy::Both,
+            cleanup: true,
+            seen_ttl: Duration::from_secs(1000),
+            ..Config::default()
+        };
+        let mut e = Engine::new(config, list.get(0).unwrap(), list.clone(), 9).unwrap();
+        let mut now = Duration::ZERO;
+        let mut delivered = std::collections::HashSet::new();
+        for (from, m, dt) in steps {
+            now += Duration::from_millis(dt);
+            let _ = e.handle_message(now, Address::from_index(from), m);
+            e.handle_timeout(now);
+            if from == 4 {
+                let _ = e.broadcast(now, Bytes::from_static(b"b"), 0);
+            }
+            while let Some(o) = e.poll_output() {
+                if let Output::Deliver { id, .. } = o {
+                    prop_assert!(delivered.insert(id), "delivered twice");
+                }
+            }
+            if let Some(t) = e.poll_timeout() {
+                prop_assert!(t > now, "a due timer was left unfired");
+            }
+        }
+    }
+}
