@@ -1,0 +1,163 @@
+use super::*;
+
+fn sim(nodes: usize, f: impl FnOnce(&mut SimConfig)) -> Report {
+    let mut c = SimConfig {
+        nodes,
+        ..SimConfig::default()
+    };
+    f(&mut c);
+    run(&c).unwrap()
+}
+
+fn exact(c: &mut SimConfig) {
+    c.protocol.strategy = Strategy::Exact;
+}
+
+#[test]
+fn same_seed_same_report_byte_for_byte() {
+    let go = |seed| {
+        let r = sim(500, |c| {
+            c.seed = seed;
+            c.loss_percent = 5.0;
+            c.dead_percent = 10.0;
+            c.protocol.cleanup = true;
+            c.per_node = true;
+        });
+        serde_json::to_string(&r).unwrap()
+    };
+    assert_eq!(go(7), go(7));
+    assert_ne!(go(7), go(8));
+}
+
+#[test]
+fn forward_duplicates_reproduces_the_spec_table() {
+    let r = sim(12, |c| {
+        c.protocol.acks = false;
+        c.protocol.forward_duplicates = true;
+        c.per_node = true;
+    });
+    let rows: Vec<(u32, u32)> = r
+        .per_node
+        .unwrap()
+        .iter()
+        .map(|n| (n.reads, n.writes))
+        .collect();
+    #[rustfmt::skip]
+    let want = vec![(1, 6), (3, 2), (2, 2), (2, 0), (2, 4), (3, 2), (2, 2), (2, 0),
+                    (2, 4), (3, 2), (2, 2), (2, 0)];
+    assert_eq!(rows, want);
+    assert_eq!(r.sends, 26);
+}
+
+#[test]
+fn exact_tree_is_minimal_without_failures() {
+    for n in [1, 2, 5, 12, 100, 728, 1000] {
+        let r = sim(n, exact);
+        assert_eq!(r.covered, n, "n={n}");
+        assert_eq!(r.sends as usize, n - 1, "n={n}");
+        assert_eq!(r.acks as usize, n - 1, "n={n}");
+        assert_eq!(r.rmr, 0.0);
+        assert!(r.max_hops <= crate::tree::max_level(n as u64), "n={n}");
+        assert!(r.time_to_full_ms.is_some());
+    }
+}
+
+#[test]
+fn reference_tree_leaves_gaps_off_powers_of_three() {
+    let full = sim(729, |_| {});
+    assert_eq!(full.covered, 729);
+    let gappy = sim(1000, |_| {});
+    assert!(gappy.covered < 1000);
+    assert_eq!(gappy.time_to_full_ms, None);
+}
+
+#[test]
+fn dead_nodes_with_cleanup_reach_every_live_node() {
+    for strategy in [Strategy::Reference, Strategy::Exact] {
+        let r = sim(1000, |c| {
+            c.protocol.strategy = strategy;
+            c.protocol.cleanup = true;
+            c.dead_percent = 10.0;
+        });
+        assert_eq!(r.dead, 100);
+        assert_eq!(r.covered, r.live, "{strategy}");
+        assert!(r.igyw > 0);
+        assert!(r.time_to_full_ms.is_some());
+    }
+}
+
+#[test]
+fn acks_and_redelegation_recover_most_of_a_dead_subtree() {
+    let without = sim(1000, |c| {
+        exact(c);
+        c.protocol.acks = false;
+        c.dead_percent = 10.0;
+    });
+    let with = sim(1000, |c| {
+        exact(c);
+        c.dead_percent = 10.0;
+    });
+    assert!(with.covered > without.covered);
+    assert!(with.resends > 0 && with.ack_timeouts > 0);
+}
+
+#[test]
+fn redundancy_both_fills_gaps_of_the_reference_tree() {
+    let r = sim(1000, |c| c.protocol.redundancy = Redundancy::Both);
+    assert_eq!(r.covered, 1000);
+    assert!(r.redundancy_sends > 0 && r.redundancy_sends <= 2000);
+}
+
+#[test]
+fn loss_with_acks_resends() {
+    let r = sim(2000, |c| {
+        exact(c);
+        c.loss_percent = 5.0;
+    });
+    assert!(r.resends > 0);
+    assert!(r.covered > 1800);
+}
+
+#[test]
+fn partial_views_run_and_have_a_limit() {
+    let r = sim(300, |c| {
+        c.partial_view_percent = 50.0;
+        c.protocol.redundancy = Redundancy::Both;
+        c.protocol.cleanup = true;
+    });
+    assert!(r.covered > 250, "{}", r.covered);
+    let mut c = SimConfig {
+        nodes: 100_000,
+        partial_view_percent: 50.0,
+        ..SimConfig::default()
+    };
+    assert!(matches!(run(&c), Err(SimError::PartialViewTooLarge { .. })));
+    c.partial_view_percent = 101.0;
+    assert!(matches!(run(&c), Err(SimError::BadPercent { .. })));
+    c.partial_view_percent = 100.0;
+    c.originator = 100_000;
+    assert!(matches!(run(&c), Err(SimError::BadOriginator { .. })));
+}
+
+#[test]
+fn the_originator_never_dies() {
+    let r = sim(50, |c| {
+        c.dead_percent = 100.0;
+        c.originator = 17;
+    });
+    assert_eq!((r.live, r.covered, r.dead), (1, 1, 49));
+    assert_eq!(r.time_to_full_ms, Some(0.0));
+}
+
+#[test]
+fn broadcasts_aggregate() {
+    let one = sim(81, exact);
+    let three = sim(81, |c| {
+        exact(c);
+        c.broadcasts = 3;
+    });
+    assert_eq!(three.sends, 3 * one.sends);
+    assert_eq!(three.covered, 81);
+    assert_eq!(three.covered_mean, 81.0);
+    assert_eq!(three.broadcasts, 3);
+}
