@@ -16,7 +16,8 @@ pub enum OnOff {
 }
 
 impl OnOff {
-    fn on(self) -> bool {
+    /// True for `on`.
+    pub fn on(self) -> bool {
         self == OnOff::On
     }
 }
@@ -51,7 +52,8 @@ pub struct Args {
     /// Seed of every random choice.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Broadcasts, run one after another.
+    /// Broadcasts, run one after another from the same originator. Counters are totals;
+    /// covered, max hops and time to full are the worst broadcast's; rmr is overall.
     #[arg(long, default_value_t = 1)]
     pub broadcasts: u32,
     /// Sorted position of the originator.
@@ -85,7 +87,7 @@ pub struct Args {
     #[arg(long, default_value_t = 500.0)]
     pub igyw_timeout_ms: f64,
     /// Unresponsive neighbours an IGYW chain skips before it stops.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 8)]
     pub igyw_skip_limit: u32,
     /// Payload size in bytes.
     #[arg(long, default_value_t = 32)]

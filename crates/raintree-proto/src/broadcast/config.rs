@@ -142,7 +142,7 @@ impl Default for Config {
             redundancy: Redundancy::Off,
             cleanup: false,
             igyw_timeout: Duration::from_millis(500),
-            igyw_skip_limit: 3,
+            igyw_skip_limit: 8,
             cleanup_delay: Duration::from_millis(1000),
             seen_capacity: 65_536,
             seen_ttl: Duration::from_secs(120),

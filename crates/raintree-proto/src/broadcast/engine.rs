@@ -617,7 +617,11 @@ impl Core {
             Strategy::Exact => {
                 // The next node of the failed part takes the rest of it.
                 let next = (p.offset + 1) % n.max(1);
-                if p.attempt < self.config.exact_retries && p.level_or_range > 1 && next != 0 {
+                // A part of length 1 held only the failed node: nothing is left to give up on.
+                if p.level_or_range <= 1 || next == 0 {
+                    return;
+                }
+                if p.attempt < self.config.exact_retries {
                     self.stats.resends += 1;
                     self.tree_send(now, id, e, next, p.level_or_range - 1, p.attempt + 1);
                 } else {

@@ -73,6 +73,9 @@ fn reference_tree_leaves_gaps_off_powers_of_three() {
 
 #[test]
 fn dead_nodes_with_cleanup_reach_every_live_node() {
+    let without = sim(1000, |c| c.dead_percent = 10.0);
+    assert!(without.covered < without.live);
+    assert_eq!(without.igyw, 0);
     for strategy in [Strategy::Reference, Strategy::Exact] {
         let r = sim(1000, |c| {
             c.protocol.strategy = strategy;
