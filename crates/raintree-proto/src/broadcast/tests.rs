@@ -622,3 +622,73 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn new_peer_lists_apply_to_new_broadcasts() {
+    let small = Arc::new(PeerList::new((0..3).map(Address::from_index)));
+    let me = small.get(0).unwrap();
+    let big = Arc::new(PeerList::new((0..9).map(Address::from_index).chain([me])));
+    let config = Config {
+        acks: false,
+        ..Config::default()
+    };
+    let mut e = Engine::new(config, me, small, 1).unwrap();
+    let count = |e: &mut Engine| std::iter::from_fn(|| e.poll_output()).count();
+    e.broadcast(T0, Bytes::from_static(b"a"), 0).unwrap();
+    assert_eq!(count(&mut e), 2);
+    e.set_peers(big.clone()).unwrap();
+    e.broadcast(T0, Bytes::from_static(b"b"), 0).unwrap();
+    let expected = crate::tree::originator_plan(Strategy::Reference, big.len() as u64)
+        .iter()
+        .flat_map(|r| r.targets)
+        .filter(|&t| t != 0)
+        .count();
+    assert_eq!(count(&mut e), expected);
+}
+
+#[test]
+fn igyw_replies_from_peers_not_asked_are_ignored() {
+    let list = Arc::new(PeerList::new((0..5).map(Address::from_index)));
+    let config = Config {
+        acks: false,
+        cleanup: true,
+        ..Config::default()
+    };
+    let mut e = Engine::new(config.clone(), list.get(0).unwrap(), list.clone(), 1).unwrap();
+    let id = e.broadcast(T0, Bytes::from_static(b"a"), 0).unwrap();
+    while e.poll_output().is_some() {}
+    e.handle_timeout(config.cleanup_delay);
+    let Some(Output::Send {
+        to,
+        message: Message::Igyw { .. },
+    }) = e.poll_output()
+    else {
+        panic!("IGYW offer expected after the clean-up delay")
+    };
+    assert_eq!(list.position(&to), Some(1));
+    // A WANT from anyone else sends nothing; the asked neighbour's WANT gets the message.
+    e.handle_message(
+        T0,
+        list.get(3).unwrap(),
+        Message::IgywReply { id, want: true },
+    )
+    .unwrap();
+    assert!(e.poll_output().is_none());
+    e.handle_message(T0, to, Message::IgywReply { id, want: true })
+        .unwrap();
+    let Some(Output::Send {
+        message: Message::Gossip(g),
+        ..
+    }) = e.poll_output()
+    else {
+        panic!("clean-up copy expected")
+    };
+    assert_eq!(
+        (g.route, g.payload),
+        (Route::Cleanup, Bytes::from_static(b"a"))
+    );
+    e.handle_message(T0, to, Message::IgywReply { id, want: true })
+        .unwrap();
+    assert!(e.poll_output().is_none(), "one WANT, one copy");
+    assert_eq!(e.stats().cleanup_sends, 1);
+}
