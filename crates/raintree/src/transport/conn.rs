@@ -70,26 +70,28 @@ pub(crate) async fn run(
         write_done.clone(),
         Arc::clone(&activity),
     ));
+    let events = inner.sender();
     inner
-        .emit(Event::ConnectionUp {
-            peer: peer.address,
-            inbound,
-        })
+        .emit_via(
+            &events,
+            Event::ConnectionUp {
+                peer: peer.address,
+                inbound,
+            },
+        )
         .await;
     let opener = Opener::new(cipher, inner.config.max_payload);
-    let reason = match read_loop(
-        &inner,
-        &peer,
-        &conn,
-        opener,
-        reader,
-        &abort,
-        &write_done,
-        &activity,
-    )
-    .await
-    {
-        Ok(reason) => reason,
+    let ctx = ReadCtx {
+        inner: &inner,
+        peer: &peer,
+        conn: &conn,
+        events: &events,
+    };
+    let reason = match read_loop(ctx, opener, reader, &abort, &write_done, &activity).await {
+        Ok(remote) => match conn.why.get() {
+            Some(&local) if local != PEER_GOODBYE => local.to_string(),
+            _ => remote,
+        },
         Err(e) => {
             inner.metrics.frame_error(e.label());
             tracing::warn!(peer = %peer.address, error = %e, "connection closed on bad input");
@@ -98,31 +100,49 @@ pub(crate) async fn run(
         }
     };
     inner.detach(&peer, conn.id);
-    conn.close.cancel();
+    conn.close_with("closed");
     let _ = w.await;
     inner.conn_ended(&peer, conn.id);
     inner.metrics.conn_closed(direction);
     drop(slot);
     tracing::debug!(peer = %peer.address, %reason, "connection down");
     inner
-        .emit(Event::ConnectionDown {
-            peer: peer.address,
-            reason,
-        })
+        .emit_via(
+            &events,
+            Event::ConnectionDown {
+                peer: peer.address,
+                reason,
+            },
+        )
         .await;
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The close reason recorded when the peer said Goodbye first.
+const PEER_GOODBYE: &str = "peer goodbye";
+
+/// What the reader needs besides its stream.
+#[derive(Clone, Copy)]
+struct ReadCtx<'a> {
+    inner: &'a Arc<Inner>,
+    peer: &'a Arc<Peer>,
+    conn: &'a ConnRef,
+    events: &'a Option<tokio::sync::mpsc::Sender<Event>>,
+}
+
 async fn read_loop(
-    inner: &Arc<Inner>,
-    peer: &Arc<Peer>,
-    conn: &ConnRef,
+    ctx: ReadCtx<'_>,
     mut opener: Opener,
     mut reader: NoiseReader,
     abort: &CancellationToken,
     write_done: &CancellationToken,
     activity: &Activity,
 ) -> Result<String, FrameError> {
+    let ReadCtx {
+        inner,
+        peer,
+        conn,
+        events,
+    } = ctx;
     let linger = async {
         write_done.cancelled().await;
         tokio::time::sleep(inner.config.linger).await;
@@ -154,7 +174,7 @@ async fn read_loop(
                     // with our Goodbye, and read on until it closes.
                     tracing::debug!(peer = %peer.address, %reason, "goodbye received");
                     inner.detach(peer, conn.id);
-                    conn.close.cancel();
+                    conn.close_with(PEER_GOODBYE);
                     goodbye = Some(format!("goodbye: {reason}"));
                 }
                 Message::Request { id, payload } => {
@@ -163,13 +183,12 @@ async fn read_loop(
                         peer: peer.address,
                         id,
                     };
-                    inner
-                        .emit(Event::Request {
-                            peer: peer.address,
-                            payload,
-                            responder,
-                        })
-                        .await;
+                    let ev = Event::Request {
+                        peer: peer.address,
+                        payload,
+                        responder,
+                    };
+                    inner.emit_via(events, ev).await;
                 }
                 Message::Response { id, payload } => {
                     if !peer.complete(id, payload) {
@@ -177,12 +196,11 @@ async fn read_loop(
                     }
                 }
                 message => {
-                    inner
-                        .emit(Event::Message {
-                            peer: peer.address,
-                            message,
-                        })
-                        .await;
+                    let ev = Event::Message {
+                        peer: peer.address,
+                        message,
+                    };
+                    inner.emit_via(events, ev).await;
                 }
             }
         }
@@ -210,7 +228,6 @@ async fn write_loop(
 ) {
     let mut msgs: Vec<Message> = Vec::new();
     let mut out = BytesMut::new();
-    let mut reason = "close";
     loop {
         let closing = conn.close.is_cancelled();
         msgs.clear();
@@ -258,16 +275,17 @@ async fn write_loop(
             _ = tokio::time::sleep_until(idle_at) => {
                 if activity.last() + inner.config.idle_timeout <= Instant::now() {
                     tracing::debug!(peer = %peer.address, "closing idle connection");
-                    reason = "idle";
                     inner.detach(&peer, conn.id);
-                    conn.close.cancel();
+                    conn.close_with("idle");
                 }
             }
         }
     }
-    if inner.closing.is_cancelled() {
-        reason = "shutdown";
-    }
+    let reason = match conn.why.get() {
+        _ if inner.closing.is_cancelled() => "shutdown",
+        Some(&PEER_GOODBYE) | None => "close",
+        Some(why) => why,
+    };
     let bye = Message::Goodbye {
         reason: reason.into(),
     };
@@ -295,6 +313,6 @@ fn break_abort(
         inner.metrics.drop_msg("connection_lost");
     }
     inner.detach(peer, conn.id);
-    conn.close.cancel();
+    conn.close_with("write failed");
     abort.cancel();
 }

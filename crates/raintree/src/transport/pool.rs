@@ -53,6 +53,16 @@ pub(crate) struct ConnRef {
     pub wake: Arc<Notify>,
     /// Asks the writer to finish: drain if still current, then Goodbye.
     pub close: CancellationToken,
+    /// Why it was closed; the first reason given wins.
+    pub why: Arc<std::sync::OnceLock<&'static str>>,
+}
+
+impl ConnRef {
+    /// Closes this connection for `why` (sent in its Goodbye, reported in ConnectionDown).
+    pub fn close_with(&self, why: &'static str) {
+        let _ = self.why.set(why);
+        self.close.cancel();
+    }
 }
 
 /// A peer's queue and connection state; outlives its connections.
@@ -156,7 +166,8 @@ pub(crate) struct Inner {
     pub config: TransportConfig,
     pub metrics: TransportMetrics,
     pub max_frame: usize,
-    pub events: mpsc::Sender<Event>,
+    /// Taken away at the end of shutdown so the application's stream ends.
+    events: Mutex<Option<mpsc::Sender<Event>>>,
     state: Mutex<State>,
     /// Shutdown began: no new sends or connections; writers drain and say Goodbye.
     pub closing: CancellationToken,
@@ -225,7 +236,7 @@ impl Inner {
             max_frame: max_frame_len(config.max_payload),
             config,
             metrics,
-            events: tx,
+            events: Mutex::new(Some(tx)),
             state: Mutex::new(State {
                 book,
                 ..State::default()
@@ -243,14 +254,26 @@ impl Inner {
         Ok((inner, rx))
     }
 
+    /// A handle on the event stream, `None` once shutdown has finished.
+    pub(crate) fn sender(&self) -> Option<mpsc::Sender<Event>> {
+        lock(&self.events).clone()
+    }
+
     /// Hands an event to the application; during shutdown it never waits for a reader.
     pub(crate) async fn emit(&self, ev: Event) {
+        let tx = self.sender();
+        self.emit_via(&tx, ev).await;
+    }
+
+    /// Like [`Inner::emit`] with a sender the caller keeps, saving a lock per event.
+    pub(crate) async fn emit_via(&self, tx: &Option<mpsc::Sender<Event>>, ev: Event) {
+        let Some(tx) = tx else { return };
         if self.closing.is_cancelled() {
-            let _ = self.events.try_send(ev);
+            let _ = tx.try_send(ev);
             return;
         }
         tokio::select! {
-            _ = self.events.send(ev) => {}
+            _ = tx.send(ev) => {}
             _ = self.closing.cancelled() => {}
         }
     }
@@ -416,7 +439,7 @@ impl Inner {
             }
             q.fail_pending(RequestError::ConnectionClosed);
             if let Some(c) = q.current.take() {
-                c.close.cancel();
+                c.close_with("peer removed");
             }
         }
     }
@@ -541,7 +564,9 @@ impl Inner {
         self.metrics.refuse(reason.label());
         tracing::debug!(%remote, ?reason, "inbound connection refused");
         // Never let a flood of refusals wait on the application.
-        let _ = self.events.try_send(Event::Refused { remote, reason });
+        if let Some(tx) = self.sender() {
+            let _ = tx.try_send(Event::Refused { remote, reason });
+        }
     }
 
     async fn inbound(self: Arc<Self>, sock: TcpStream, remote: SocketAddr, slot: Slot) {
@@ -611,6 +636,7 @@ impl Inner {
             dialer: if inbound { est.remote } else { self.address },
             wake: Arc::new(Notify::new()),
             close: CancellationToken::new(),
+            why: Default::default(),
         };
         let still_known = lock(&self.state).peers.contains_key(&peer.address);
         {
@@ -627,19 +653,19 @@ impl Inner {
                 Some(cur) => conn.dialer < cur.dialer,
             };
             if !still_known {
-                conn.close.cancel();
+                conn.close_with("peer removed");
             } else if wins {
                 if let Some(old) = q.current.replace(conn.clone()) {
                     tracing::debug!(peer = %peer.address, "replacing connection");
-                    old.close.cancel();
+                    old.close_with("replaced");
                 }
             } else {
                 tracing::debug!(peer = %peer.address, "duplicate connection loses the tie-break");
-                conn.close.cancel();
+                conn.close_with("duplicate");
             }
             if self.closing.is_cancelled() {
                 // Shutdown: this connection only drains what is queued, then says Goodbye.
-                conn.close.cancel();
+                conn.close_with("shutdown");
             }
         }
         conn::run(self, peer, conn, est.cipher, reader, writer, inbound, slot).await;
@@ -717,7 +743,7 @@ impl Inner {
             let q = p.lock();
             connections += q.conns;
             if let Some(c) = &q.current {
-                c.close.cancel();
+                c.close_with("shutdown");
             }
         }
         self.tracker.close();
@@ -737,6 +763,8 @@ impl Inner {
         for _ in 0..dropped {
             self.metrics.drop_msg("shutdown");
         }
+        // Every task has ended, so this was the last sender: the event stream ends.
+        lock(&self.events).take();
         ShutdownReport {
             drained: dropped == 0 && !forced,
             dropped,
