@@ -578,7 +578,8 @@ impl Inner {
                 self.config.handshake_timeout,
                 handshake::respond(&self.keys, &mut reader, &mut w),
             ) => r.unwrap_or(Err(HandshakeError::Timeout)),
-            _ = self.kill.cancelled() => return,
+            // Shutdown stops accepting, half-done handshakes included.
+            _ = self.closing.cancelled() => return,
         };
         let est = match res {
             Ok(est) => est,

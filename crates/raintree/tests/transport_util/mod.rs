@@ -120,3 +120,93 @@ pub fn fd_count() -> usize {
         .map(|d| d.count())
         .unwrap_or(0)
 }
+
+pub mod raw {
+    //! A hand-driven client: completes the real handshake, then writes arbitrary bytes.
+
+    use std::sync::Arc;
+
+    use futures::StreamExt;
+    use raintree::proto::Address;
+    use raintree::transport::framing::TAG_LEN;
+    use raintree::transport::handshake::{self, LocalKeys, NoiseReader};
+    use raintree::transport::Identity;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::tcp::OwnedWriteHalf;
+    use tokio::net::TcpStream;
+
+    pub struct RawSession {
+        pub reader: NoiseReader,
+        pub writer: OwnedWriteHalf,
+        pub cipher: Arc<snow::StatelessTransportState>,
+        pub nonce: u64,
+        pub identity: Identity,
+    }
+
+    pub async fn connect(to: std::net::SocketAddr, expected: Address) -> RawSession {
+        let identity = Identity::generate();
+        let keys = LocalKeys::generate(&identity).unwrap();
+        let sock = TcpStream::connect(to).await.unwrap();
+        let (r, mut w) = sock.into_split();
+        let mut reader = handshake::noise_reader(r);
+        let est = handshake::initiate(&keys, &mut reader, &mut w, expected)
+            .await
+            .unwrap();
+        RawSession {
+            reader,
+            writer: w,
+            cipher: est.cipher,
+            nonce: 0,
+            identity,
+        }
+    }
+
+    impl RawSession {
+        /// Encrypts `plain` as one Noise message and writes it with its u16 prefix.
+        pub async fn send_plain(&mut self, plain: &[u8]) {
+            let mut msg = vec![0u8; plain.len() + TAG_LEN];
+            let n = self
+                .cipher
+                .write_message(self.nonce, plain, &mut msg)
+                .unwrap();
+            self.nonce += 1;
+            let mut out = (n as u16).to_be_bytes().to_vec();
+            out.extend_from_slice(&msg[..n]);
+            self.writer.write_all(&out).await.unwrap();
+        }
+
+        /// Writes raw bytes to the socket.
+        pub async fn send_raw(&mut self, bytes: &[u8]) {
+            self.writer.write_all(bytes).await.unwrap();
+        }
+
+        /// True once the peer has closed the connection (EOF or reset).
+        pub async fn closed_by_peer(&mut self) -> bool {
+            tokio::time::timeout(super::WAIT, async {
+                loop {
+                    match self.reader.next().await {
+                        None | Some(Err(_)) => return true,
+                        Some(Ok(_)) => continue,
+                    }
+                }
+            })
+            .await
+            .unwrap_or(false)
+        }
+    }
+
+    /// True once the other end has closed a plain socket.
+    pub async fn socket_closed(sock: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 256];
+        tokio::time::timeout(super::WAIT, async {
+            loop {
+                match sock.read(&mut buf).await {
+                    Ok(0) | Err(_) => return true,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
