@@ -1,14 +1,19 @@
 //! The `raintree` binary: one clap subcommand per module `cmd_*`.
 
+mod admin;
+mod cmd_keygen;
+mod cmd_localnet;
+mod cmd_node;
 mod cmd_scale_table;
 mod cmd_sim;
 mod cmd_targets;
+mod node_config;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// RainTree gossip: simulator, tree inspection and (later) real nodes.
+/// RainTree gossip: real nodes, a LocalNet on one machine, a simulator, tree inspection.
 #[derive(Parser, Debug)]
 #[command(name = "raintree", version, about)]
 struct Cli {
@@ -25,6 +30,16 @@ enum Command {
     Sim(cmd_sim::Args),
     /// Sends, ACKs, hops and coverage for N = 27 .. 177,147, both strategies.
     ScaleTable(cmd_scale_table::Args),
+    /// Print a fresh Ed25519 identity (secret key, public key, address) as JSON.
+    Keygen,
+    /// Run one node from a TOML config file until SIGINT, SIGTERM or POST /shutdown.
+    Node {
+        /// The config file (see the README for every field and its default).
+        #[arg(long)]
+        config: std::path::PathBuf,
+    },
+    /// Start N node processes on 127.0.0.1, broadcast, and report coverage and cost.
+    Localnet(cmd_localnet::LocalnetArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +48,18 @@ fn main() -> ExitCode {
         Command::Targets(a) => cmd_targets::run(&a),
         Command::Sim(a) => cmd_sim::run(&a),
         Command::ScaleTable(a) => cmd_scale_table::run(&a),
+        Command::Keygen => {
+            cmd_keygen::run();
+            Ok(())
+        }
+        Command::Node { config } => {
+            init_tracing();
+            runtime().and_then(|rt| rt.block_on(cmd_node::run(&config)))
+        }
+        Command::Localnet(a) => {
+            init_tracing();
+            runtime().and_then(|rt| rt.block_on(cmd_localnet::run(a)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -41,4 +68,30 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// A multi-threaded runtime; `RAINTREE_WORKER_THREADS` caps its workers, which the LocalNet
+/// sets so hundreds of node processes do not each start one thread per core.
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("RAINTREE_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+    {
+        b.worker_threads(n);
+    }
+    b.enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
 }

@@ -1,0 +1,291 @@
+//! The node's TOML config file: every option, its default, and conversion to a `NodeConfig`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use raintree::node::{NodeConfig, PeerEntry};
+use raintree::transport::Identity;
+use raintree_proto::broadcast::{Config as ProtocolConfig, Redundancy};
+use raintree_proto::wire::Strategy;
+use raintree_proto::Address;
+use serde::{Deserialize, Serialize};
+
+/// A peer as written in the config file.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The peer's address: 40 hex characters.
+    pub address: Address,
+    /// Where it listens, `ip:port`.
+    pub addr: SocketAddr,
+}
+
+/// The `raintree node --config FILE` file. Every field but `key` has a default.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    /// Ed25519 secret key, 64 hex characters (from `raintree keygen`). Required.
+    pub key: String,
+    /// TCP listen address for peers. Default `127.0.0.1:7000`.
+    pub listen: SocketAddr,
+    /// Admin HTTP address (`/metrics`, `/health`, `/broadcast`); loopback only. Default `127.0.0.1:0`.
+    pub admin: SocketAddr,
+    /// Accept peers outside the peer list. Default false.
+    pub open: bool,
+    /// `reference` or `exact`; every node of a network must agree. Default `exact`.
+    pub strategy: Strategy,
+    /// `off`, `left`, `right` or `both`. Default `off`.
+    pub redundancy: Redundancy,
+    /// Expect ACKs for tree sends and resend on timeout. Default true.
+    pub acks: bool,
+    /// ACK deadline in milliseconds. Default 500.
+    pub ack_timeout_ms: u64,
+    /// Re-delegations per failed part with the exact strategy. Default 2.
+    pub exact_retries: u32,
+    /// Run the IGYW clean-up chain. Default false.
+    pub cleanup: bool,
+    /// Delay before offering IGYW, in milliseconds. Default 500.
+    pub cleanup_delay_ms: u64,
+    /// IGYW answer deadline in milliseconds. Default 300.
+    pub igyw_timeout_ms: u64,
+    /// Silent neighbours skipped before the chain gives up. Default 3.
+    pub igyw_skip_limit: u32,
+    /// Message ids remembered for dedup. Default 100000.
+    pub seen_capacity: usize,
+    /// How long a message id is remembered, in seconds. Default 600.
+    pub seen_ttl_s: u64,
+    /// Largest payload in bytes. Default 4194304 (4 MiB).
+    pub max_payload_bytes: usize,
+    /// Inbound connection limit. Default 125.
+    pub max_inbound: usize,
+    /// Outbound connection limit. Default 125.
+    pub max_outbound: usize,
+    /// Handshake deadline in milliseconds. Default 5000.
+    pub handshake_timeout_ms: u64,
+    /// Idle connections close after this many seconds. Default 300.
+    pub idle_timeout_s: u64,
+    /// Per-peer send queue bound in bytes. Default 16777216 (16 MiB).
+    pub queue_bytes: usize,
+    /// Seconds a graceful shutdown may spend draining queues. Default 5.
+    pub shutdown_deadline_s: u64,
+    /// The peer list; self may be listed.
+    pub peers: Vec<PeerConfig>,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        let p = ProtocolConfig::default();
+        Self {
+            key: String::new(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7000)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            open: false,
+            strategy: Strategy::Exact,
+            redundancy: Redundancy::Off,
+            acks: true,
+            ack_timeout_ms: 500,
+            exact_retries: 2,
+            cleanup: false,
+            cleanup_delay_ms: 500,
+            igyw_timeout_ms: 300,
+            igyw_skip_limit: 3,
+            seen_capacity: p.seen_capacity,
+            seen_ttl_s: 600,
+            max_payload_bytes: raintree_proto::wire::DEFAULT_MAX_PAYLOAD,
+            max_inbound: 125,
+            max_outbound: 125,
+            handshake_timeout_ms: 5000,
+            idle_timeout_s: 300,
+            queue_bytes: 16 * 1024 * 1024,
+            shutdown_deadline_s: 5,
+            peers: Vec::new(),
+        }
+    }
+}
+
+/// Why a config file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// TOML syntax or a field of the wrong type, unknown or missing (the message names it).
+    #[error("{path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, naming the field.
+        source: toml::de::Error,
+    },
+    /// A field parsed but its value is unusable.
+    #[error("field `{field}`: {reason}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl FileConfig {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and checks config text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let cfg: FileConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: PathBuf::new(),
+            source,
+        })?;
+        cfg.identity()?;
+        let positive = [
+            ("ack_timeout_ms", cfg.ack_timeout_ms),
+            ("igyw_timeout_ms", cfg.igyw_timeout_ms),
+            ("handshake_timeout_ms", cfg.handshake_timeout_ms),
+            ("idle_timeout_s", cfg.idle_timeout_s),
+            ("seen_ttl_s", cfg.seen_ttl_s),
+        ];
+        for (field, v) in positive {
+            if v == 0 {
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: "must be greater than 0".into(),
+                });
+            }
+        }
+        for (field, v) in [
+            ("max_inbound", cfg.max_inbound),
+            ("max_outbound", cfg.max_outbound),
+            ("queue_bytes", cfg.queue_bytes),
+            ("seen_capacity", cfg.seen_capacity),
+            ("max_payload_bytes", cfg.max_payload_bytes),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: "must be greater than 0".into(),
+                });
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The node identity from `key`.
+    pub fn identity(&self) -> Result<Identity, ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid {
+            field: "key",
+            reason,
+        };
+        if self.key.is_empty() {
+            return Err(invalid("missing: run `raintree keygen` for one".into()));
+        }
+        let mut secret = [0u8; 32];
+        hex::decode_to_slice(self.key.trim(), &mut secret)
+            .map_err(|e| invalid(format!("expected 64 hex characters: {e}")))?;
+        Ok(Identity::from_secret_bytes(&secret))
+    }
+
+    /// The protocol settings.
+    pub fn protocol(&self) -> ProtocolConfig {
+        ProtocolConfig {
+            strategy: self.strategy,
+            acks: self.acks,
+            ack_timeout: Duration::from_millis(self.ack_timeout_ms),
+            exact_retries: self.exact_retries,
+            redundancy: self.redundancy,
+            cleanup: self.cleanup,
+            igyw_timeout: Duration::from_millis(self.igyw_timeout_ms),
+            igyw_skip_limit: self.igyw_skip_limit,
+            cleanup_delay: Duration::from_millis(self.cleanup_delay_ms),
+            seen_capacity: self.seen_capacity,
+            seen_ttl: Duration::from_secs(self.seen_ttl_s),
+            max_payload: self.max_payload_bytes,
+            ..ProtocolConfig::default()
+        }
+    }
+
+    /// The library config for `raintree::node::Node::start`.
+    pub fn node_config(&self) -> Result<NodeConfig, ConfigError> {
+        let peers = self
+            .peers
+            .iter()
+            .map(|p| PeerEntry {
+                address: p.address,
+                addr: p.addr,
+            })
+            .collect();
+        let mut cfg = NodeConfig::new(self.identity()?, self.listen, peers);
+        cfg.protocol = self.protocol();
+        let t = &mut cfg.transport;
+        t.open = self.open;
+        t.max_inbound = self.max_inbound;
+        t.max_outbound = self.max_outbound;
+        t.handshake_timeout = Duration::from_millis(self.handshake_timeout_ms);
+        t.idle_timeout = Duration::from_secs(self.idle_timeout_s);
+        t.queue_bytes = self.queue_bytes;
+        t.max_payload = self.max_payload_bytes;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> String {
+        "11".repeat(32)
+    }
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let cfg = FileConfig::parse(&format!("key = \"{}\"\n", key())).unwrap();
+        assert_eq!(cfg.max_inbound, 125);
+        assert_eq!(cfg.strategy, Strategy::Exact);
+        assert!(cfg.peers.is_empty());
+        let node = cfg.node_config().unwrap();
+        assert_eq!(node.transport.max_outbound, 125);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let unknown = FileConfig::parse(&format!("key = \"{}\"\nspeed = 3\n", key()))
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.contains("speed"), "{unknown}");
+        let wrong_type = FileConfig::parse(&format!("key = \"{}\"\nacks = 3\n", key()))
+            .unwrap_err()
+            .to_string();
+        assert!(wrong_type.contains("acks"), "{wrong_type}");
+        let zero = FileConfig::parse(&format!("key = \"{}\"\nack_timeout_ms = 0\n", key()))
+            .unwrap_err()
+            .to_string();
+        assert!(zero.contains("ack_timeout_ms"), "{zero}");
+        let bad_key = FileConfig::parse("key = \"zz\"\n").unwrap_err().to_string();
+        assert!(bad_key.contains("`key`"), "{bad_key}");
+        let bad_peer = FileConfig::parse(&format!(
+            "key = \"{}\"\n[[peers]]\naddress = \"abc\"\naddr = \"127.0.0.1:1\"\n",
+            key()
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(bad_peer.contains("address"), "{bad_peer}");
+    }
+}

@@ -1,0 +1,172 @@
+//! Node-level Prometheus metrics: deliveries, duplicates, the reliability layers, latency.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use raintree_proto::broadcast::Stats;
+
+/// Counters mirrored from the protocol engine's [`Stats`], plus a latency histogram.
+#[derive(Clone)]
+pub struct NodeMetrics {
+    broadcasts: Counter,
+    deliveries: Counter,
+    duplicates: Counter,
+    gossip_sent: Counter,
+    acks_sent: Counter,
+    acks_received: Counter,
+    ack_timeouts: Counter,
+    resends: Counter,
+    give_ups: Counter,
+    redundancy_sends: Counter,
+    igyw_sends: Counter,
+    cleanup_sends: Counter,
+    rejected: Counter,
+    peers: Gauge,
+    latency: Histogram,
+}
+
+impl Default for NodeMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NodeMetrics {
+    /// Fresh, unregistered metrics.
+    pub fn new() -> Self {
+        Self {
+            broadcasts: Counter::default(),
+            deliveries: Counter::default(),
+            duplicates: Counter::default(),
+            gossip_sent: Counter::default(),
+            acks_sent: Counter::default(),
+            acks_received: Counter::default(),
+            ack_timeouts: Counter::default(),
+            resends: Counter::default(),
+            give_ups: Counter::default(),
+            redundancy_sends: Counter::default(),
+            igyw_sends: Counter::default(),
+            cleanup_sends: Counter::default(),
+            rejected: Counter::default(),
+            peers: Gauge::default(),
+            // 100 µs .. ~52 s: loopback deliveries through slow multi-hop resends.
+            latency: Histogram::new(exponential_buckets(0.0001, 2.0, 20)),
+        }
+    }
+
+    /// Registers every metric under the `raintree_` prefix.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("raintree");
+        let counters: [(&str, &str, &Counter); 13] = [
+            (
+                "broadcasts",
+                "Broadcasts originated by this node",
+                &self.broadcasts,
+            ),
+            (
+                "deliveries",
+                "Messages delivered to the application (once per id)",
+                &self.deliveries,
+            ),
+            (
+                "duplicates",
+                "Payload copies received for an already delivered id",
+                &self.duplicates,
+            ),
+            (
+                "gossip_sent",
+                "Payload-bearing gossip messages sent (all routes)",
+                &self.gossip_sent,
+            ),
+            ("acks_sent", "ACKs sent for tree copies", &self.acks_sent),
+            (
+                "acks_received",
+                "ACKs received for our tree sends",
+                &self.acks_received,
+            ),
+            (
+                "ack_timeouts",
+                "Tree sends whose ACK did not arrive in time",
+                &self.ack_timeouts,
+            ),
+            (
+                "resends",
+                "Replacement sends after an ACK timeout",
+                &self.resends,
+            ),
+            (
+                "give_ups",
+                "Tree targets abandoned after the last retry",
+                &self.give_ups,
+            ),
+            (
+                "redundancy_sends",
+                "Level-0 redundancy pushes to ring neighbours",
+                &self.redundancy_sends,
+            ),
+            ("igyw_sends", "I-got-you-want offers sent", &self.igyw_sends),
+            (
+                "cleanup_sends",
+                "Full messages sent after a WANT",
+                &self.cleanup_sends,
+            ),
+            (
+                "rejected_messages",
+                "Received messages the protocol refused",
+                &self.rejected,
+            ),
+        ];
+        for (name, help, c) in counters {
+            r.register(name, help, c.clone());
+        }
+        r.register(
+            "peers",
+            "Peers in the current list, self included",
+            self.peers.clone(),
+        );
+        r.register_with_unit(
+            "broadcast_latency",
+            "Time from origination to delivery here, from the origin timestamp",
+            prometheus_client::registry::Unit::Seconds,
+            self.latency.clone(),
+        );
+    }
+
+    /// Adds what the engine counted since `last` and remembers `now` as the new baseline.
+    pub(crate) fn sync(&self, last: &mut Stats, now: &Stats) {
+        let pairs: [(&Counter, u64, u64); 13] = [
+            (&self.broadcasts, last.broadcasts, now.broadcasts),
+            (&self.deliveries, last.deliveries, now.deliveries),
+            (&self.duplicates, last.duplicates, now.duplicates),
+            (&self.gossip_sent, last.gossip_sent, now.gossip_sent),
+            (&self.acks_sent, last.acks_sent, now.acks_sent),
+            (&self.acks_received, last.acks_received, now.acks_received),
+            (&self.ack_timeouts, last.ack_timeouts, now.ack_timeouts),
+            (&self.resends, last.resends, now.resends),
+            (&self.give_ups, last.give_ups, now.give_ups),
+            (
+                &self.redundancy_sends,
+                last.redundancy_sends,
+                now.redundancy_sends,
+            ),
+            (&self.igyw_sends, last.igyw_sent, now.igyw_sent),
+            (&self.cleanup_sends, last.cleanup_sends, now.cleanup_sends),
+            (&self.rejected, last.rejected, now.rejected),
+        ];
+        for (c, before, after) in pairs {
+            c.inc_by(after.saturating_sub(before));
+        }
+        *last = now.clone();
+    }
+
+    /// Records one delivery's end-to-end latency.
+    pub(crate) fn observe_latency(&self, seconds: f64) {
+        self.latency.observe(seconds);
+    }
+
+    /// Sets the peer-count gauge.
+    pub(crate) fn set_peers(&self, n: usize) {
+        self.peers.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+}
