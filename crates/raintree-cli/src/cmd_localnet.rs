@@ -55,6 +55,9 @@ pub struct LocalnetArgs {
     /// ACK deadline in milliseconds.
     #[arg(long, default_value_t = 300)]
     pub ack_timeout_ms: u64,
+    /// First broadcast one byte from every node so connections are pooled (not measured).
+    #[arg(long, value_enum, default_value = "on")]
+    pub warmup: OnOff,
     /// Seconds to wait for full coverage after the last broadcast.
     #[arg(long, default_value_t = 30)]
     pub wait_s: u64,
@@ -146,6 +149,17 @@ struct Fleet {
     dir: PathBuf,
 }
 
+impl Fleet {
+    /// Kills every node still running and waits until each has exited.
+    async fn kill_all(&mut self) {
+        for m in &mut self.members {
+            if let Some(mut c) = m.child.take() {
+                let _ = c.kill().await;
+            }
+        }
+    }
+}
+
 impl Drop for Fleet {
     fn drop(&mut self) {
         for m in &mut self.members {
@@ -180,7 +194,7 @@ pub async fn run(args: LocalnetArgs) -> Result<(), String> {
         r = drive(&args, &mut fleet, started) => r,
         _ = tokio::signal::ctrl_c() => Err("interrupted: every node was stopped".to_string()),
     };
-    drop(fleet);
+    fleet.kill_all().await;
     let report = outcome?;
     if args.json {
         println!(
@@ -244,11 +258,24 @@ async fn drive(args: &LocalnetArgs, fleet: &mut Fleet, started: Instant) -> Resu
     let mut failed = Vec::new();
     wait_ready(fleet, &progress, &mut failed).await;
 
-    // Kill a seeded random set, leaving at least one live node.
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
+    tracing::info!(nodes = n, ready = n - failed.len(), "nodes ready");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| e.to_string())?;
     let ready: Vec<usize> = (0..n)
         .filter(|&i| fleet.members[i].admin.is_some())
         .collect();
+    if ready.is_empty() {
+        return Err("no node became ready; see the failed nodes' logs".into());
+    }
+    if args.warmup.on() {
+        progress.set_message("warming up");
+        warm_up(&client, fleet, &ready, args.wait_s).await?;
+    }
+
+    // Kill a seeded random set, leaving at least one live node.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
     let kill_count =
         ((n as f64 * args.kill / 100.0).floor() as usize).min(ready.len().saturating_sub(1));
     for &i in ready.choose_multiple(&mut rng, kill_count) {
@@ -263,16 +290,11 @@ async fn drive(args: &LocalnetArgs, fleet: &mut Fleet, started: Instant) -> Resu
         .copied()
         .filter(|&i| !fleet.members[i].killed)
         .collect();
-    if live.is_empty() {
-        return Err("no node became ready; see the failed nodes' logs".into());
-    }
+    // Counters from here on measure only the broadcasts below, not start-up or warm-up.
+    let baseline = gather_metrics(&client, fleet, &live, &mut Vec::new()).await;
 
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| e.to_string())?;
     progress.set_message("broadcasting");
-    let mut sent: Vec<(usize, String, u64)> = Vec::with_capacity(args.messages);
+    let mut expected: HashSet<(String, u64)> = HashSet::with_capacity(args.messages);
     let t0 = tokio::time::Instant::now();
     for k in 0..args.messages {
         if args.rate > 0.0 {
@@ -281,60 +303,29 @@ async fn drive(args: &LocalnetArgs, fleet: &mut Fleet, started: Instant) -> Resu
         let origin = live[k % live.len()];
         let mut payload = vec![0u8; args.size];
         rng.fill(&mut payload[..]);
-        let admin = fleet.members[origin].admin.expect("live nodes are ready");
-        let resp = client
-            .post(format!("http://{admin}/broadcast"))
-            .body(payload)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status());
-        match resp {
-            Ok(r) => {
-                let v: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
-                let nonce = v["nonce"].as_u64().unwrap_or(0);
-                sent.push((origin, fleet.members[origin].address.clone(), nonce));
+        let m = &fleet.members[origin];
+        match broadcast_via(&client, m, payload).await {
+            Ok(nonce) => {
+                expected.insert((m.address.clone(), nonce));
             }
-            Err(e) => failed.push(FailedNode {
+            Err(reason) => failed.push(FailedNode {
                 position: origin,
-                address: fleet.members[origin].address.clone(),
-                reason: format!("broadcast refused: {e}"),
+                address: m.address.clone(),
+                reason,
             }),
         }
         progress.inc(1);
     }
 
     progress.set_message("waiting");
-    let expected: HashSet<(String, u64)> = sent.iter().map(|(_, o, n)| (o.clone(), *n)).collect();
     let per_message_receivers = live.len() - 1;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait_s);
-    let mut seen: HashMap<(String, u64), Vec<u64>>;
-    loop {
-        seen = collect_deliveries(&client, fleet, &live, &expected).await;
-        let done = seen.values().map(|v| v.len()).sum::<usize>();
-        if done >= expected.len() * per_message_receivers || tokio::time::Instant::now() >= deadline
-        {
-            break;
-        }
-        // Polling a few times a second is enough for a human-facing report.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let seen = wait_coverage(&client, fleet, &live, &expected, args.wait_s).await;
 
     progress.set_message("metrics");
-    let mut totals: HashMap<String, f64> = HashMap::new();
-    for &i in &live {
-        let admin = fleet.members[i].admin.expect("live");
-        match client.get(format!("http://{admin}/metrics")).send().await {
-            Ok(r) => {
-                let text = r.text().await.unwrap_or_default();
-                for (k, v) in parse_metrics(&text) {
-                    *totals.entry(k).or_default() += v;
-                }
-            }
-            Err(e) => failed.push(FailedNode {
-                position: i,
-                address: fleet.members[i].address.clone(),
-                reason: format!("metrics unavailable: {e}"),
-            }),
+    let mut totals = gather_metrics(&client, fleet, &live, &mut failed).await;
+    for (k, v) in &baseline {
+        if let Some(t) = totals.get_mut(k) {
+            *t -= v;
         }
     }
 
@@ -394,7 +385,7 @@ async fn drive(args: &LocalnetArgs, fleet: &mut Fleet, started: Instant) -> Resu
         nodes: n,
         live: live.len(),
         killed: kill_count,
-        messages: sent.len(),
+        messages: expected.len(),
         size: args.size,
         strategy: args.strategy,
         redundancy: args.redundancy,
@@ -416,10 +407,10 @@ async fn drive(args: &LocalnetArgs, fleet: &mut Fleet, started: Instant) -> Resu
         } else {
             0.0
         },
-        bytes_per_broadcast: if sent.is_empty() {
+        bytes_per_broadcast: if expected.is_empty() {
             0.0
         } else {
-            bytes_sent / sent.len() as f64
+            bytes_sent / expected.len() as f64
         },
         resends: get("raintree_resends_total"),
         ack_timeouts: get("raintree_ack_timeouts_total"),
@@ -428,6 +419,98 @@ async fn drive(args: &LocalnetArgs, fleet: &mut Fleet, started: Instant) -> Resu
         failed_nodes: failed,
         duration_s: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Sums every node's Prometheus counters by metric name.
+async fn gather_metrics(
+    client: &reqwest::Client,
+    fleet: &Fleet,
+    nodes: &[usize],
+    failed: &mut Vec<FailedNode>,
+) -> HashMap<String, f64> {
+    let mut totals: HashMap<String, f64> = HashMap::new();
+    for &i in nodes {
+        let m = &fleet.members[i];
+        let Some(admin) = m.admin else { continue };
+        let text = match client.get(format!("http://{admin}/metrics")).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(e) => {
+                failed.push(FailedNode {
+                    position: i,
+                    address: m.address.clone(),
+                    reason: format!("metrics unavailable: {e}"),
+                });
+                continue;
+            }
+        };
+        for (k, v) in parse_metrics(&text) {
+            *totals.entry(k).or_default() += v;
+        }
+    }
+    totals
+}
+
+/// Broadcasts `payload` through a node's admin endpoint; returns the nonce.
+async fn broadcast_via(
+    client: &reqwest::Client,
+    m: &Member,
+    payload: Vec<u8>,
+) -> Result<u64, String> {
+    let admin = m.admin.ok_or("node is not ready")?;
+    let r = client
+        .post(format!("http://{admin}/broadcast"))
+        .body(payload)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| format!("broadcast refused: {e}"))?;
+    let v: serde_json::Value = r
+        .json()
+        .await
+        .map_err(|e| format!("bad /broadcast answer: {e}"))?;
+    v["nonce"]
+        .as_u64()
+        .ok_or_else(|| format!("bad /broadcast answer: {v}"))
+}
+
+/// Polls the nodes' deliveries until every expected message reached every other node of
+/// `nodes`, or `wait_s` seconds pass; returns the latencies seen per message.
+async fn wait_coverage(
+    client: &reqwest::Client,
+    fleet: &Fleet,
+    nodes: &[usize],
+    expected: &HashSet<(String, u64)>,
+    wait_s: u64,
+) -> HashMap<(String, u64), Vec<u64>> {
+    let want = expected.len() * nodes.len().saturating_sub(1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_s);
+    loop {
+        let seen = collect_deliveries(client, fleet, nodes, expected).await;
+        let done = seen.values().map(|v| v.len()).sum::<usize>();
+        if done >= want || tokio::time::Instant::now() >= deadline {
+            return seen;
+        }
+        // Polling a few times a second is enough for a human-facing report.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One 1-byte broadcast from every node, so the pooled connections the measured broadcasts
+/// use already exist, as in a long-running network; excluded from every figure.
+async fn warm_up(
+    client: &reqwest::Client,
+    fleet: &Fleet,
+    nodes: &[usize],
+    wait_s: u64,
+) -> Result<(), String> {
+    let mut expected = HashSet::with_capacity(nodes.len());
+    for &i in nodes {
+        let m = &fleet.members[i];
+        let nonce = broadcast_via(client, m, vec![0]).await?;
+        expected.insert((m.address.clone(), nonce));
+    }
+    wait_coverage(client, fleet, nodes, &expected, wait_s).await;
+    Ok(())
 }
 
 fn spawn_node(exe: &Path, config: &Path, log: &Path) -> Result<Child, String> {
@@ -525,17 +608,22 @@ async fn collect_deliveries(
     seen
 }
 
-/// Ports the OS hands out now; the listeners close before the nodes bind them.
+/// Free listen ports below the kernel's ephemeral range (32768 and up on Linux), so that no
+/// node's outbound sockets or port-0 admin listener can take a port another node was given.
 fn reserve_ports(n: usize) -> Result<Vec<u16>, String> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("cannot reserve ports: {e}"))?;
-    listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())
+    const LOW: u16 = 10_000;
+    const HIGH: u16 = 32_000;
+    let span = HIGH - LOW;
+    let start = rand::random::<u16>() % span;
+    let ports: Vec<u16> = (0..span)
+        .map(|i| LOW + (start + i) % span)
+        .filter(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .take(n)
+        .collect();
+    if ports.len() < n {
+        return Err(format!("only {} free ports in {LOW}..{HIGH}", ports.len()));
+    }
+    Ok(ports)
 }
 
 /// Sums Prometheus text samples by metric name, ignoring labels.

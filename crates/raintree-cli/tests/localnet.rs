@@ -90,3 +90,69 @@ fn bad_config_names_the_field() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ack_timeout_ms"), "{err}");
 }
+
+/// Pids of the running processes whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command name: state, ppid, ...
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let mut fields = rest.split(' ');
+        let _state = fields.next();
+        if fields.next().and_then(|p| p.parse::<u32>().ok()) == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn interrupt_leaves_no_node_process_behind() {
+    use std::io::{BufRead, BufReader};
+    let mut child = raintree()
+        .args([
+            "localnet",
+            "--nodes",
+            "4",
+            "--messages",
+            "100000",
+            "--rate",
+            "1",
+            "--warmup",
+            "off",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut lines = stderr.lines();
+    // The LocalNet logs once every node has answered; then all four are running.
+    let ready = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("nodes ready"));
+    assert!(ready, "localnet never reported its nodes ready");
+    let nodes = children_of(child.id());
+    assert_eq!(nodes.len(), 4, "four node processes: {nodes:?}");
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(!exit.success(), "an interrupted run reports failure");
+    for pid in nodes {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "node process {pid} outlived the interrupted localnet"
+        );
+    }
+}
