@@ -36,6 +36,7 @@ pub struct DeliveryRecord {
 /// What the admin handlers share.
 pub struct AdminState {
     node: Node,
+    max_payload: usize,
     log: Mutex<VecDeque<DeliveryRecord>>,
     /// Notified when `/shutdown` is called.
     pub shutdown: Notify,
@@ -43,9 +44,10 @@ pub struct AdminState {
 
 impl AdminState {
     /// State for `node` with an empty delivery log.
-    pub fn new(node: Node) -> Arc<Self> {
+    pub fn new(node: Node, max_payload: usize) -> Arc<Self> {
         Arc::new(Self {
             node,
+            max_payload,
             log: Mutex::new(VecDeque::new()),
             shutdown: Notify::new(),
         })
@@ -69,12 +71,16 @@ impl AdminState {
 
 /// The admin routes.
 pub fn router(state: Arc<AdminState>) -> Router {
+    // One byte over the payload limit still reaches the node, whose typed error names the
+    // limit; anything larger is cut off by the HTTP layer (413) before it is buffered.
+    let body_limit = state.max_payload.saturating_add(1);
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/broadcast", post(broadcast))
         .route("/deliveries", get(deliveries))
         .route("/shutdown", post(shutdown))
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
 

@@ -24,7 +24,7 @@ pub async fn run(config: &Path) -> Result<(), String> {
         .await
         .map_err(|e| format!("field `admin`: cannot bind {}: {e}", file.admin))?;
     let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
-    let state = AdminState::new(node.clone());
+    let state = AdminState::new(node.clone(), file.max_payload_bytes);
 
     let recorder = {
         let state = state.clone();

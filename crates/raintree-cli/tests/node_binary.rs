@@ -1,0 +1,92 @@
+//! `raintree keygen` and `raintree node`: a config file in, an admin endpoint out.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+fn raintree() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_raintree"))
+}
+
+#[tokio::test]
+async fn node_serves_health_metrics_broadcast_and_shuts_down() {
+    let key = raintree().arg("keygen").output().unwrap();
+    assert!(key.status.success());
+    let key: serde_json::Value = serde_json::from_slice(&key.stdout).unwrap();
+    let secret = key["key"].as_str().unwrap();
+    assert_eq!(secret.len(), 64);
+
+    let dir = std::env::temp_dir().join(format!("raintree-node-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("node.toml");
+    std::fs::write(
+        &path,
+        format!("key = \"{secret}\"\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
+    let mut node = raintree()
+        .args(["node", "--config"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(node.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let ready: serde_json::Value =
+        serde_json::from_str(first.strip_prefix("READY ").expect("READY line")).unwrap();
+    assert_eq!(ready["address"], key["address"]);
+    let admin = ready["admin"].as_str().unwrap().to_string();
+
+    let http = reqwest::Client::new();
+    let health: serde_json::Value = http
+        .get(format!("http://{admin}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["address"], key["address"]);
+
+    let b = http
+        .post(format!("http://{admin}/broadcast"))
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert!(b.status().is_success());
+    let too_big = http
+        .post(format!("http://{admin}/broadcast"))
+        .body(vec![0u8; 4 * 1024 * 1024 + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_big.status(), reqwest::StatusCode::BAD_REQUEST);
+    let reason = too_big.text().await.unwrap();
+    assert!(reason.contains("4194305"), "{reason}");
+
+    let metrics = http
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("raintree_broadcasts_total 1"), "{metrics}");
+    assert!(metrics.contains("raintree_broadcast_latency_seconds"));
+    assert!(metrics.contains("raintree_transport_open_connections"));
+
+    let s = http
+        .post(format!("http://{admin}/shutdown"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(s.status(), reqwest::StatusCode::ACCEPTED);
+    let status = node.wait().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(status.success(), "graceful shutdown exits 0");
+}
