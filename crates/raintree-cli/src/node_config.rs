@@ -41,19 +41,19 @@ pub struct FileConfig {
     pub acks: bool,
     /// ACK deadline in milliseconds. Default 500.
     pub ack_timeout_ms: u64,
-    /// Re-delegations per failed part with the exact strategy. Default 2.
+    /// Re-delegations per failed part with the exact strategy. Default 3.
     pub exact_retries: u32,
     /// Run the IGYW clean-up chain. Default false.
     pub cleanup: bool,
-    /// Delay before offering IGYW, in milliseconds. Default 500.
+    /// Delay before offering IGYW, in milliseconds. Default 1000.
     pub cleanup_delay_ms: u64,
-    /// IGYW answer deadline in milliseconds. Default 300.
+    /// IGYW answer deadline in milliseconds. Default 500.
     pub igyw_timeout_ms: u64,
-    /// Silent neighbours skipped before the chain gives up. Default 3.
+    /// Silent neighbours skipped before the chain gives up. Default 8.
     pub igyw_skip_limit: u32,
-    /// Message ids remembered for dedup. Default 100000.
+    /// Message ids remembered for dedup. Default 65536.
     pub seen_capacity: usize,
-    /// How long a message id is remembered, in seconds. Default 600.
+    /// How long a message id is remembered, in seconds. Default 120.
     pub seen_ttl_s: u64,
     /// Largest payload in bytes. Default 4194304 (4 MiB).
     pub max_payload_bytes: usize,
@@ -75,24 +75,26 @@ pub struct FileConfig {
 
 impl Default for FileConfig {
     fn default() -> Self {
+        // Protocol defaults come from the engine so the file and the library never disagree.
         let p = ProtocolConfig::default();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         Self {
             key: String::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 7000)),
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             open: false,
             strategy: Strategy::Exact,
-            redundancy: Redundancy::Off,
-            acks: true,
-            ack_timeout_ms: 500,
-            exact_retries: 2,
-            cleanup: false,
-            cleanup_delay_ms: 500,
-            igyw_timeout_ms: 300,
-            igyw_skip_limit: 3,
+            redundancy: p.redundancy,
+            acks: p.acks,
+            ack_timeout_ms: ms(p.ack_timeout),
+            exact_retries: p.exact_retries,
+            cleanup: p.cleanup,
+            cleanup_delay_ms: ms(p.cleanup_delay),
+            igyw_timeout_ms: ms(p.igyw_timeout),
+            igyw_skip_limit: p.igyw_skip_limit,
             seen_capacity: p.seen_capacity,
-            seen_ttl_s: 600,
-            max_payload_bytes: raintree_proto::wire::DEFAULT_MAX_PAYLOAD,
+            seen_ttl_s: p.seen_ttl.as_secs(),
+            max_payload_bytes: p.max_payload,
             max_inbound: 125,
             max_outbound: 125,
             handshake_timeout_ms: 5000,
@@ -262,6 +264,37 @@ mod tests {
         assert!(cfg.peers.is_empty());
         let node = cfg.node_config().unwrap();
         assert_eq!(node.transport.max_outbound, 125);
+    }
+
+    /// The README documents every field with its default; hold it to the code.
+    #[test]
+    fn readme_config_block_lists_every_field_with_its_default() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("```toml\nkey = ")
+            .expect("README has the config block")
+            + 8;
+        let block = &readme[start..start + readme[start..].find("```").unwrap()];
+        let block = block
+            .replace("<64 hex characters from raintree keygen>", &key())
+            .replace("<40 hex characters>", &"ab".repeat(20));
+        let documented = FileConfig::parse(&block).expect("README config parses");
+        let mut defaults = FileConfig {
+            key: key(),
+            ..FileConfig::default()
+        };
+        defaults.peers = documented.peers.clone();
+        assert_eq!(
+            toml::to_string(&documented).unwrap(),
+            toml::to_string(&defaults).unwrap()
+        );
+        let fields = toml::Value::try_from(&defaults).unwrap();
+        for name in fields.as_table().unwrap().keys() {
+            assert!(
+                block.contains(&format!("{name} = ")) || name == "peers",
+                "{name} undocumented"
+            );
+        }
     }
 
     #[test]

@@ -6,3 +6,8 @@ pub mod node;
 pub mod transport;
 
 pub use raintree_proto as proto;
+
+/// The README's Rust examples, compiled and run as doctests so they stay true.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
