@@ -23,7 +23,17 @@ fn localnet_json(args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn small_localnet_covers_every_node_and_reports_the_contract_keys() {
-    let r = localnet_json(&["--nodes", "6", "--messages", "6", "--size", "512"]);
+    // A long ACK deadline: a loaded CI machine must not turn slow ACKs into resends.
+    let r = localnet_json(&[
+        "--nodes",
+        "6",
+        "--messages",
+        "6",
+        "--size",
+        "512",
+        "--ack-timeout-ms",
+        "5000",
+    ]);
     for key in [
         "nodes",
         "live",

@@ -189,7 +189,13 @@ impl Opener {
             return Err(FrameError::BadLength(noise_msg.len()));
         }
         let start = self.plain.len();
-        self.plain.resize(start + noise_msg.len() - TAG_LEN, 0);
+        let need = noise_msg.len() - TAG_LEN;
+        if self.plain.capacity() - start < need {
+            // Frames handed out still share the old buffer, so growing copies the partial
+            // frame left in it: grow by several messages at a time to copy rarely.
+            self.plain.reserve(need.max(4 * MAX_NOISE_MESSAGE));
+        }
+        self.plain.resize(start + need, 0);
         let n = self
             .cipher
             .read_message(self.nonce, noise_msg, &mut self.plain[start..])
@@ -208,7 +214,7 @@ impl Opener {
                 Ok(Some((msg, len)))
             }
             Ok(None) => {
-                if self.plain.is_empty() && self.plain.capacity() > 2 * MAX_NOISE_MESSAGE {
+                if self.plain.is_empty() && self.plain.capacity() > 8 * MAX_NOISE_MESSAGE {
                     self.plain = BytesMut::new();
                 }
                 Ok(None)
