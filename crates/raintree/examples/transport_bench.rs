@@ -364,6 +364,51 @@ async fn transport_idle_memory() -> f64 {
     per
 }
 
+/// Single-core cost of the session cipher alone: bytes/s of seal followed by open of full
+/// Noise messages. Each direction of a connection needs one seal and one open per byte, so
+/// this bounds the encrypted throughput on a machine whose cores also run TCP.
+fn cipher_ceiling(dur: Duration) -> f64 {
+    let params = || {
+        raintree::transport::handshake::NOISE_PARAMS
+            .parse()
+            .expect("params")
+    };
+    let kp = |_: u8| snow::Builder::new(params()).generate_keypair().expect("kp");
+    let (ki, kr) = (kp(0), kp(1));
+    let mut i = snow::Builder::new(params())
+        .local_private_key(&ki.private)
+        .expect("key")
+        .build_initiator()
+        .expect("init");
+    let mut r = snow::Builder::new(params())
+        .local_private_key(&kr.private)
+        .expect("key")
+        .build_responder()
+        .expect("resp");
+    let mut buf = vec![0u8; 65535];
+    let mut out = vec![0u8; 65535];
+    for step in 0..3 {
+        let (w, rd) = if step == 1 {
+            (&mut r, &mut i)
+        } else {
+            (&mut i, &mut r)
+        };
+        let n = w.write_message(&[], &mut buf).expect("hs write");
+        rd.read_message(&buf[..n], &mut out).expect("hs read");
+    }
+    let i = i.into_stateless_transport_mode().expect("transport");
+    let r = r.into_stateless_transport_mode().expect("transport");
+    let plain = vec![7u8; raintree::transport::framing::MAX_NOISE_PLAINTEXT];
+    let start = Instant::now();
+    let mut nonce = 0u64;
+    while start.elapsed() < dur {
+        let n = i.write_message(nonce, &plain, &mut buf).expect("seal");
+        r.read_message(nonce, &buf[..n], &mut out).expect("open");
+        nonce += 1;
+    }
+    (nonce as f64 * plain.len() as f64) / start.elapsed().as_secs_f64()
+}
+
 // ---------------------------------------------------------------- report
 
 fn row(unit: &str, raw: f64, ours: f64, target: Option<(&str, f64)>) -> Value {
@@ -431,6 +476,13 @@ fn main() {
     let mut report = serde_json::Map::new();
     report.insert("seconds_per_case".into(), json!(secs));
     rt.block_on(async {
+        // Profiling aids: `--only t1k` / `--only t64k` run the transport side alone.
+        for (name, size) in [("t1k", 1024), ("t64k", 65536)] {
+            if only.as_deref() == Some(name) {
+                let t = transport_throughput(size, dur).await;
+                report.insert(name.into(), row("msgs/s", 0.0, t, None));
+            }
+        }
         if want("1k") {
             let r = raw_throughput(1024, dur).await;
             let t = transport_throughput(1024, dur).await;
@@ -464,6 +516,13 @@ fn main() {
             );
         }
     });
+    if want("cipher") {
+        let c = cipher_ceiling(dur.min(Duration::from_secs(1)));
+        report.insert(
+            "cipher_seal_open_bytes_per_s_one_core".into(),
+            row("bytes/s (context: ChaCha20-Poly1305 alone)", 0.0, c, None),
+        );
+    }
     if want("memory") {
         let t = idle_memory_in_child("transport");
         let r = idle_memory_in_child("raw");

@@ -338,3 +338,66 @@ async fn an_open_node_accepts_strangers_and_answers_over_their_connection() {
     client.t.shutdown(Duration::from_secs(5)).await;
     server.t.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_peer_fills_only_its_own_queue() {
+    let mut b_cfg = config();
+    b_cfg.open = true;
+    b_cfg.queue_bytes = 2 * 1024 * 1024;
+    let mut b = start(Identity::generate(), b_cfg).await;
+    let mut a_cfg = config();
+    a_cfg.peers.insert(b.t.address(), b.t.local_addr());
+    let mut a = start(Identity::generate(), a_cfg).await;
+    b.t.set_peers([(a.t.address(), a.t.local_addr())].into());
+    // A raw peer that completes the handshake, then never reads.
+    let stalled = transport_util::raw::connect(b.t.local_addr(), b.t.address()).await;
+    let s_addr = stalled.identity.address();
+    next_matching(&mut b.events, |ev| match ev {
+        Event::ConnectionUp { peer, .. } if peer == s_addr => Some(()),
+        _ => None,
+    })
+    .await;
+    let chunk = Bytes::from(vec![1u8; 64 * 1024]);
+    let mut full = false;
+    for i in 0..100_000u64 {
+        match b
+            .t
+            .send(s_addr, direct(b.t.address(), i, chunk.clone()))
+            .await
+        {
+            Ok(()) => {}
+            Err(SendError::QueueFull { .. }) => {
+                full = true;
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+        if i % 16 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    assert!(full, "the stalled peer's queue never filled");
+    assert_eq!(b.metrics.queue_drops("queue_full"), 1);
+    // Meanwhile B's traffic with A flows both ways.
+    for i in 0..20 {
+        b.t.send(a.t.address(), direct(b.t.address(), i, chunk.clone()))
+            .await
+            .unwrap();
+    }
+    assert_eq!(recv_directs(&mut a.events, 20).await.len(), 20);
+    a.t.send(b.t.address(), direct(a.t.address(), 1, Bytes::new()))
+        .await
+        .unwrap();
+    next_matching(&mut b.events, |ev| match ev {
+        Event::Message { peer, .. } if peer == a.t.address() => Some(()),
+        _ => None,
+    })
+    .await;
+    // Shutdown cannot drain the stalled queue: it gives up at the deadline and reports it.
+    let report = b.t.shutdown(Duration::from_millis(300)).await;
+    assert!(report.forced, "{report:?}");
+    assert!(!report.drained);
+    assert!(report.elapsed < Duration::from_secs(2), "{report:?}");
+    drop(stalled);
+    a.t.shutdown(Duration::from_secs(5)).await;
+}

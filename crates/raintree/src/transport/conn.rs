@@ -312,6 +312,9 @@ fn break_abort(
     for _ in 0..lost {
         inner.metrics.drop_msg("connection_lost");
     }
+    inner
+        .lost
+        .fetch_add(lost as u64, std::sync::atomic::Ordering::SeqCst);
     inner.detach(peer, conn.id);
     conn.close_with("write failed");
     abort.cancel();

@@ -31,7 +31,7 @@ const MESSAGE_OVERHEAD: usize = 64;
 pub struct ShutdownReport {
     /// Every queue was sent before the deadline.
     pub drained: bool,
-    /// Messages still queued at the deadline, dropped.
+    /// Messages dropped: still queued at the deadline, or cut off mid-write when it passed.
     pub dropped: usize,
     /// Connections open when shutdown began.
     pub connections: usize,
@@ -171,6 +171,10 @@ pub(crate) struct Inner {
     state: Mutex<State>,
     /// Shutdown began: no new sends or connections; writers drain and say Goodbye.
     pub closing: CancellationToken,
+    /// Mirrors `closing` for the per-message paths (a token check takes a lock).
+    closed: std::sync::atomic::AtomicBool,
+    /// Messages taken by a writer whose write failed or was aborted.
+    pub lost: AtomicU64,
     /// Deadline passed: every task stops now.
     pub kill: CancellationToken,
     pub tracker: TaskTracker,
@@ -242,6 +246,8 @@ impl Inner {
                 ..State::default()
             }),
             closing: CancellationToken::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            lost: AtomicU64::new(0),
             kill: CancellationToken::new(),
             tracker: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
@@ -252,6 +258,11 @@ impl Inner {
             .tracker
             .spawn(Arc::clone(&inner).accept_loop(listener));
         Ok((inner, rx))
+    }
+
+    /// True once shutdown has begun.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
     }
 
     /// A handle on the event stream, `None` once shutdown has finished.
@@ -268,7 +279,7 @@ impl Inner {
     /// Like [`Inner::emit`] with a sender the caller keeps, saving a lock per event.
     pub(crate) async fn emit_via(&self, tx: &Option<mpsc::Sender<Event>>, ev: Event) {
         let Some(tx) = tx else { return };
-        if self.closing.is_cancelled() {
+        if self.is_closing() {
             let _ = tx.try_send(ev);
             return;
         }
@@ -305,7 +316,7 @@ impl Inner {
         msg: Message,
         register: impl FnOnce(&mut PeerQ),
     ) -> Result<(), SendError> {
-        if self.closing.is_cancelled() {
+        if self.is_closing() {
             return Err(SendError::Shutdown);
         }
         if let Some(p) = msg.payload() {
@@ -738,6 +749,8 @@ impl Inner {
                 ..ShutdownReport::default()
             };
         }
+        self.closed.store(true, Ordering::SeqCst);
+        let lost_before = self.lost.load(Ordering::SeqCst);
         self.closing.cancel();
         let mut connections = 0;
         for p in lock(&self.state).peers.values() {
@@ -764,6 +777,7 @@ impl Inner {
         for _ in 0..dropped {
             self.metrics.drop_msg("shutdown");
         }
+        dropped += (self.lost.load(Ordering::SeqCst) - lost_before) as usize;
         // Every task has ended, so this was the last sender: the event stream ends.
         lock(&self.events).take();
         ShutdownReport {
