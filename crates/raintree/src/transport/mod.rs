@@ -5,6 +5,11 @@
 //! Noise transport messages. At most one connection per peer is kept and reused for every
 //! message; each peer has a byte-bounded queue (control messages first) that outlives its
 //! connections, so a reconnect or a simultaneous-dial swap loses nothing.
+//!
+//! Call [`Transport::shutdown`] to stop: the listener and connection tasks hold the transport
+//! alive, so dropping every handle without it leaves them running until the runtime stops.
+//! Events are read by one owner through [`Events`]; while nobody reads, connection readers
+//! wait (TCP pushes back on the senders, whose queues then fill and drop, counted).
 
 mod conn;
 pub mod framing;

@@ -466,7 +466,8 @@ impl Inner {
         if let Some(at) = not_before {
             tokio::select! {
                 _ = tokio::time::sleep_until(at) => {}
-                _ = self.kill.cancelled() => return self.dial_failed(&peer, "shutdown"),
+                // A shutdown does not wait out a backoff: the queued messages are dropped.
+                _ = self.closing.cancelled() => return self.dial_failed(&peer, "shutdown"),
             }
         }
         let attempt = async {
