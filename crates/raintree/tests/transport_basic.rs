@@ -29,6 +29,16 @@ async fn messages_arrive_in_order_over_one_connection() {
     assert_eq!(nodes[0].metrics.connections_opened("outbound"), 1);
     assert_eq!(nodes[1].metrics.connections_opened("inbound"), 1);
     assert_eq!(nodes[0].metrics.frames_sent("direct"), 200);
+    let mut registry = prometheus_client::registry::Registry::default();
+    nodes[0].metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(
+        text.contains("raintree_transport_frames_sent_total{kind=\"direct\"} 200"),
+        "{text}"
+    );
+    assert!(text.contains("raintree_transport_bytes_sent_total{kind=\"direct\"}"));
+    assert!(text.contains("raintree_transport_open_connections{direction=\"outbound\"} 1"));
     for n in &nodes {
         n.t.shutdown(Duration::from_secs(5)).await;
     }
