@@ -53,11 +53,12 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Node { config } => {
-            init_tracing();
+            init_tracing("info");
             runtime().and_then(|rt| rt.block_on(cmd_node::run(&config)))
         }
         Command::Localnet(a) => {
-            init_tracing();
+            // The report is the output; progress logs only when RUST_LOG asks for them.
+            init_tracing("warn");
             runtime().and_then(|rt| rt.block_on(cmd_localnet::run(a)))
         }
     };
@@ -70,10 +71,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr, filtered by `RUST_LOG` (default `info`).
-fn init_tracing() {
+/// Logs go to stderr, filtered by `RUST_LOG` (else `default`).
+fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
