@@ -2,11 +2,20 @@
 
 use std::process::Command;
 
+/// LocalNets pick free ports by probing; running them one at a time keeps two tests of this
+/// binary from probing the same port before either binds it.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn raintree() -> Command {
     Command::new(env!("CARGO_BIN_EXE_raintree"))
 }
 
 fn localnet_json(args: &[&str]) -> serde_json::Value {
+    let _serial = serial();
     let out = raintree()
         .arg("localnet")
         .args(args)
@@ -125,6 +134,7 @@ fn children_of(parent: u32) -> Vec<u32> {
 #[test]
 fn interrupt_leaves_no_node_process_behind() {
     use std::io::{BufRead, BufReader};
+    let _serial = serial();
     let mut child = raintree()
         .args([
             "localnet",
