@@ -162,3 +162,36 @@ async fn control_messages_are_delivered() {
         n.t.shutdown(Duration::from_secs(5)).await;
     }
 }
+
+#[tokio::test]
+async fn transport_owned_kinds_are_refused_from_the_application() {
+    let mut nodes = mesh(2, |_| {}).await;
+    let (a, b) = (nodes[0].t.clone(), nodes[1].t.address());
+    let reserved = [
+        Message::Goodbye {
+            reason: "forged".into(),
+        },
+        Message::Request {
+            id: 1,
+            payload: Bytes::new(),
+        },
+        Message::Response {
+            id: 1,
+            payload: Bytes::new(),
+        },
+    ];
+    for m in reserved.clone() {
+        let kind = m.kind();
+        assert_eq!(a.send(b, m).await, Err(SendError::Reserved(kind)));
+    }
+    for m in reserved {
+        a.write(b, m);
+    }
+    assert_eq!(nodes[0].metrics.queue_drops("reserved"), 6);
+    // The connection is untouched: an ordinary message still flows.
+    a.send(b, direct(a.address(), 7, Bytes::from_static(b"ok")))
+        .await
+        .unwrap();
+    let got = recv_directs(&mut nodes[1].events, 1).await;
+    assert_eq!(got[0].1, 7);
+}

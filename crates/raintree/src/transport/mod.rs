@@ -132,6 +132,10 @@ pub enum SendError {
         /// The limit.
         max: usize,
     },
+    /// Request, Response and Goodbye belong to the transport itself (use `request`, the
+    /// `Responder` and `shutdown`); the caller may not send them.
+    #[error("{0} messages are sent by the transport itself")]
+    Reserved(&'static str),
     /// Dialling the peer would exceed `max_outbound`.
     #[error("outbound connection limit reached")]
     OutboundLimit,
@@ -318,13 +322,13 @@ impl Transport {
     /// peer is unknown, its queue is full, the payload is too large or the transport is shut
     /// down.
     pub async fn send(&self, peer: Address, msg: Message) -> Result<(), SendError> {
-        self.inner.enqueue(peer, msg, |_| {})
+        self.inner.enqueue_app(peer, msg)
     }
 
     /// Queues `msg` for `peer` without waiting; a message that cannot be queued is dropped and
     /// counted in `queue_drops_total`.
     pub fn write(&self, peer: Address, msg: Message) {
-        if let Err(e) = self.inner.enqueue(peer, msg, |_| {}) {
+        if let Err(e) = self.inner.enqueue_app(peer, msg) {
             tracing::trace!(%peer, error = %e, "write dropped");
         }
     }

@@ -305,9 +305,27 @@ impl Inner {
                 SendError::PayloadTooLarge { .. } => "payload_too_large",
                 SendError::OutboundLimit => "outbound_limit",
                 SendError::Shutdown => "shutdown",
+                SendError::Reserved(_) => "reserved",
             });
         }
         r
+    }
+
+    /// Queues a message handed in by the application. A forged Goodbye would close the peer's
+    /// side and a stray Request or Response would confuse its correlation table, so those kinds
+    /// are refused (and counted) here; only the transport's own paths send them.
+    pub(crate) fn enqueue_app(
+        self: &Arc<Self>,
+        peer: Address,
+        msg: Message,
+    ) -> Result<(), SendError> {
+        match msg {
+            Message::Request { .. } | Message::Response { .. } | Message::Goodbye { .. } => {
+                self.metrics.drop_msg("reserved");
+                Err(SendError::Reserved(msg.kind()))
+            }
+            _ => self.enqueue(peer, msg, |_| {}),
+        }
     }
 
     fn try_enqueue(
