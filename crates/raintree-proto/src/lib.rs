@@ -3,6 +3,8 @@
 //! Time enters only as an argument (`now`), randomness only through a seeded RNG, so the same
 //! core runs in a real node, in the deterministic simulator and in unit tests.
 
+#![warn(missing_docs)]
+
 pub mod broadcast;
 pub mod peers;
 pub mod sim;

@@ -1,6 +1,8 @@
 //! RainTree over TCP: an authenticated, encrypted, pooled transport and the node that drives
 //! the `raintree-proto` state machine with it.
 
+#![warn(missing_docs)]
+
 pub mod metrics;
 pub mod node;
 pub mod transport;
