@@ -27,10 +27,23 @@ pub struct DeliveryRecord {
     pub origin: String,
     /// The broadcast nonce.
     pub nonce: u64,
-    /// Microseconds from origination to delivery here (same-host clocks in a LocalNet).
-    pub latency_us: u64,
+    /// Microseconds from origination to delivery here (same-host clocks in a LocalNet);
+    /// `null` for direct messages, which carry no origin timestamp.
+    pub latency_us: Option<u64>,
     /// Hops from the originator.
     pub hops: u32,
+}
+
+impl DeliveryRecord {
+    /// The record of `d` delivered at `now_us` (microseconds since the Unix epoch).
+    pub fn new(d: &Delivery, now_us: u64) -> Self {
+        Self {
+            origin: d.id.origin.to_hex(),
+            nonce: d.id.nonce,
+            latency_us: (d.origin_time_us > 0).then(|| now_us.saturating_sub(d.origin_time_us)),
+            hops: d.hops,
+        }
+    }
 }
 
 /// What the admin handlers share.
@@ -55,12 +68,7 @@ impl AdminState {
 
     /// Remembers a delivery for `/deliveries`.
     pub fn record(&self, d: &Delivery, now_us: u64) {
-        let rec = DeliveryRecord {
-            origin: d.id.origin.to_hex(),
-            nonce: d.id.nonce,
-            latency_us: now_us.saturating_sub(d.origin_time_us),
-            hops: d.hops,
-        };
+        let rec = DeliveryRecord::new(d, now_us);
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         if log.len() == DELIVERY_LOG {
             log.pop_front();
@@ -142,5 +150,35 @@ pub fn check_loopback(addr: SocketAddr) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("field `admin`: {addr} is not a loopback address"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raintree_proto::{Address, MessageId};
+
+    fn delivery(origin_time_us: u64) -> Delivery {
+        Delivery {
+            id: MessageId {
+                origin: Address::from_index(3),
+                nonce: 9,
+            },
+            payload: Bytes::from_static(b"x"),
+            origin_time_us,
+            hops: 2,
+        }
+    }
+
+    #[test]
+    fn latency_only_for_timestamped_messages() {
+        assert_eq!(
+            DeliveryRecord::new(&delivery(100), 250).latency_us,
+            Some(150)
+        );
+        // Direct messages carry no origin time: no latency rather than "since 1970".
+        assert_eq!(DeliveryRecord::new(&delivery(0), 250).latency_us, None);
+        // A clock behind the originator's never yields a huge wrapped number.
+        assert_eq!(DeliveryRecord::new(&delivery(300), 250).latency_us, Some(0));
     }
 }

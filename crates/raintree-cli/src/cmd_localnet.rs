@@ -601,7 +601,7 @@ async fn collect_deliveries(
             }
             let key = (r.origin, r.nonce);
             if expected.contains(&key) {
-                seen.entry(key).or_default().push(r.latency_us);
+                seen.entry(key).or_default().push(r.latency_us.unwrap_or(0));
             }
         }
     }

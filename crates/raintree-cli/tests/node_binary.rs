@@ -3,6 +3,16 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
+/// Kills the node if the test fails before its graceful shutdown, so nothing outlives the test.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn raintree() -> Command {
     Command::new(env!("CARGO_BIN_EXE_raintree"))
 }
@@ -23,15 +33,17 @@ async fn node_serves_health_metrics_broadcast_and_shuts_down() {
         format!("key = \"{secret}\"\nlisten = \"127.0.0.1:0\"\n"),
     )
     .unwrap();
-    let mut node = raintree()
-        .args(["node", "--config"])
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut node = KillOnDrop(
+        raintree()
+            .args(["node", "--config"])
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut first = String::new();
-    BufReader::new(node.stdout.take().unwrap())
+    BufReader::new(node.0.stdout.take().unwrap())
         .read_line(&mut first)
         .unwrap();
     let ready: serde_json::Value =
@@ -86,7 +98,7 @@ async fn node_serves_health_metrics_broadcast_and_shuts_down() {
         .await
         .unwrap();
     assert_eq!(s.status(), reqwest::StatusCode::ACCEPTED);
-    let status = node.wait().unwrap();
+    let status = node.0.wait().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(status.success(), "graceful shutdown exits 0");
 }
