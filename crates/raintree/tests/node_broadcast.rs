@@ -203,3 +203,45 @@ async fn oversized_broadcast_is_refused_at_the_sender() {
     assert_eq!(nodes[0].0.stats().gossip_sent, 0);
     shutdown_all(nodes).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_list_changes_apply_to_new_broadcasts() {
+    let cfg = Config {
+        strategy: Strategy::Exact,
+        ack_timeout: Duration::from_secs(10),
+        ..Config::default()
+    };
+    let mut nodes = network(4, cfg).await;
+    let gone = nodes[3].0.address();
+    for (node, _) in &nodes[..3] {
+        node.remove_peers(&[gone]).await.unwrap();
+        assert_eq!(node.peers().len(), 2);
+    }
+    let first = nodes[0]
+        .0
+        .broadcast(Bytes::from_static(b"a"))
+        .await
+        .unwrap();
+    for (_, streams) in nodes[1..3].iter_mut() {
+        assert_eq!(next_delivery(streams).await.id, first);
+    }
+    // The exact tree over the three remaining peers: two sends, none to the removed one.
+    let sent: u64 = nodes.iter().map(|(n, _)| n.stats().gossip_sent).sum();
+    assert_eq!(sent, 2);
+    assert_eq!(nodes[3].0.stats().deliveries, 0);
+
+    let back = [raintree::node::PeerEntry {
+        address: gone,
+        addr: nodes[3].0.local_addr(),
+    }];
+    for (node, _) in &nodes[..3] {
+        node.add_peers(&back).await.unwrap();
+    }
+    let second = nodes[0]
+        .0
+        .broadcast(Bytes::from_static(b"b"))
+        .await
+        .unwrap();
+    assert_eq!(next_delivery(&mut nodes[3].1).await.id, second);
+    shutdown_all(nodes).await;
+}

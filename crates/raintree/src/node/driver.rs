@@ -42,12 +42,14 @@ impl Driver {
                 },
                 _ = sleep_until(deadline) => self.engine.handle_timeout(start.elapsed()),
             }
-            if !self.flush().await {
-                break;
-            }
+            // Publish the step's counters before its outputs leave, so anyone who sees an
+            // effect of this step (a delivery downstream) also sees the counters behind it.
             let now = self.engine.stats();
             self.metrics.sync(&mut last, now);
             self.stats.send_replace(now.clone());
+            if !self.flush().await {
+                break;
+            }
         }
     }
 
