@@ -65,6 +65,37 @@ async fn large_frames_span_many_noise_messages() {
 }
 
 #[tokio::test]
+async fn mixed_sizes_arrive_intact_across_reads_and_idle_pauses() {
+    let mut nodes = mesh(2, |_| {}).await;
+    let (a, b) = (nodes[0].t.clone(), nodes[1].t.address());
+    // Sizes from empty to several Noise messages, so records straddle read boundaries and the
+    // reader's buffer grows; the pause lets it release its buffer before traffic resumes.
+    let size = |i: u64| ((i * 7919) % 150_000) as usize * (i % 3) as usize / 2;
+    let body = |i: u64| {
+        Bytes::from(
+            (0..size(i))
+                .map(|j| (j as u64 + i) as u8)
+                .collect::<Vec<_>>(),
+        )
+    };
+    for round in 0..2u64 {
+        for i in round * 300..(round + 1) * 300 {
+            a.send(b, direct(a.address(), i, body(i))).await.unwrap();
+        }
+        let got = recv_directs(&mut nodes[1].events, 300).await;
+        for (k, (_, nonce, payload)) in got.into_iter().enumerate() {
+            let i = round * 300 + k as u64;
+            assert_eq!(nonce, i);
+            assert_eq!(payload, body(i), "message {i}");
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    for n in &nodes {
+        n.t.shutdown(Duration::from_secs(5)).await;
+    }
+}
+
+#[tokio::test]
 async fn payload_over_limit_fails_at_the_sender() {
     let nodes = mesh(2, |c| c.max_payload = 1000).await;
     let (a, b) = (&nodes[0].t, nodes[1].t.address());
