@@ -279,8 +279,17 @@ impl Inner {
     /// Like [`Inner::emit`] with a sender the caller keeps, saving a lock per event.
     pub(crate) async fn emit_via(&self, tx: &Option<mpsc::Sender<Event>>, ev: Event) {
         let Some(tx) = tx else { return };
+        // Fast path: room in the channel, so no select or waiter registration. It still
+        // counts against the task's scheduling budget like a send would, so a busy reader
+        // yields and the application's task gets to run.
+        let ev = match tx.try_send(ev) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {
+                tokio::task::consume_budget().await;
+                return;
+            }
+            Err(mpsc::error::TrySendError::Full(ev)) => ev,
+        };
         if self.is_closing() {
-            let _ = tx.try_send(ev);
             return;
         }
         tokio::select! {
