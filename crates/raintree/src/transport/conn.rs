@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use futures::StreamExt;
 use raintree_proto::wire::Message;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -35,113 +36,6 @@ impl Activity {
 
     fn last(&self) -> Instant {
         self.epoch + std::time::Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
-    }
-}
-
-/// The reader's first buffer once data arrives.
-const SMALL_BUF: usize = 16 * 1024;
-/// The buffer a busy reader grows to (a read filled the smaller one): several Noise messages
-/// per read call.
-const READ_BUF: usize = 256 * 1024;
-/// The read buffer is released after this long without traffic.
-const READ_BUF_IDLE: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// Reads `u16 BE length || Noise message` records straight from the socket into one buffer,
-/// taking as many as the socket holds per read call. The buffer exists only while data flows:
-/// it is allocated when the socket becomes readable, grows while reads fill it and is
-/// released when idle.
-struct SocketReader {
-    rd: OwnedReadHalf,
-    /// Zero-initialised once; bytes `start..end` are unread.
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-    /// The last read filled the buffer: grow it before the next.
-    grow: bool,
-}
-
-impl SocketReader {
-    /// Takes over the handshake's reader, keeping any bytes it already buffered.
-    fn new(reader: NoiseReader) -> Self {
-        let parts = reader.into_parts();
-        let buf = parts.read_buf.to_vec();
-        let end = buf.len();
-        Self {
-            rd: parts.io,
-            buf,
-            start: 0,
-            end,
-            grow: false,
-        }
-    }
-
-    /// The next complete record's Noise message, as a range of `buf`.
-    fn next_record(&mut self) -> Option<std::ops::Range<usize>> {
-        let avail = &self.buf[self.start..self.end];
-        if avail.len() < 2 {
-            return None;
-        }
-        let n = u16::from_be_bytes([avail[0], avail[1]]) as usize;
-        if avail.len() < 2 + n {
-            return None;
-        }
-        let at = self.start + 2;
-        self.start = at + n;
-        Some(at..at + n)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.start == self.end
-    }
-
-    /// Holds a buffer with nothing in it.
-    fn holds_empty_buffer(&self) -> bool {
-        self.is_empty() && !self.buf.is_empty()
-    }
-
-    fn release(&mut self) {
-        if self.is_empty() {
-            self.buf = Vec::new();
-            self.start = 0;
-            self.end = 0;
-            self.grow = false;
-        }
-    }
-
-    /// Reads what the socket holds; 0 at end of stream. Cancel-safe.
-    async fn fill(&mut self) -> std::io::Result<usize> {
-        loop {
-            self.rd.readable().await?;
-            if self.start == self.end {
-                self.start = 0;
-                self.end = 0;
-            } else if self.start > 0 && self.buf.len() - self.end < self.buf.len() / 4 {
-                // A partial record sits near the end: move it to the front.
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            }
-            if self.grow || self.end == self.buf.len() {
-                // READ_BUF holds any record, so a full buffer never needs to grow past it.
-                let len = if self.buf.is_empty() && !self.grow {
-                    SMALL_BUF
-                } else {
-                    READ_BUF
-                };
-                self.buf.resize(len.max(self.buf.len()), 0);
-                self.grow = false;
-            }
-            let free = self.buf.len() - self.end;
-            match self.rd.try_read(&mut self.buf[self.end..]) {
-                Ok(n) => {
-                    self.end += n;
-                    self.grow = n == free && self.buf.len() < READ_BUF;
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        }
     }
 }
 
@@ -193,7 +87,6 @@ pub(crate) async fn run(
         conn: &conn,
         events: &events,
     };
-    let reader = SocketReader::new(reader);
     let reason = match read_loop(ctx, opener, reader, &abort, &write_done, &activity).await {
         Ok(remote) => match conn.why.get() {
             Some(&local) if local != PEER_GOODBYE => local.to_string(),
@@ -239,7 +132,7 @@ struct ReadCtx<'a> {
 async fn read_loop(
     ctx: ReadCtx<'_>,
     mut opener: Opener,
-    mut reader: SocketReader,
+    mut reader: NoiseReader,
     abort: &CancellationToken,
     write_done: &CancellationToken,
     activity: &Activity,
@@ -257,36 +150,22 @@ async fn read_loop(
     tokio::pin!(linger);
     let mut goodbye = None;
     loop {
-        let Some(record) = reader.next_record() else {
-            let holds_buffer = reader.holds_empty_buffer();
-            let release = async {
-                if holds_buffer {
-                    tokio::time::sleep(READ_BUF_IDLE).await;
-                } else {
-                    std::future::pending::<()>().await;
-                }
-            };
-            let read = tokio::select! {
-                biased;
-                _ = abort.cancelled() => return Ok("aborted".into()),
-                _ = &mut linger => return Ok(goodbye.unwrap_or_else(|| "peer did not close".into())),
-                r = reader.fill() => r,
-                _ = release => {
-                    reader.release();
-                    continue;
-                }
-            };
-            match read {
-                Ok(0) if reader.is_empty() && opener.at_boundary() => {
-                    return Ok(goodbye.unwrap_or_else(|| "closed by peer".into()))
-                }
-                Ok(0) => return Err(FrameError::Truncated),
-                Ok(_) => activity.touch(),
-                Err(e) => return Err(FrameError::Io(e)),
-            }
-            continue;
+        let next = tokio::select! {
+            biased;
+            _ = abort.cancelled() => return Ok("aborted".into()),
+            _ = &mut linger => return Ok(goodbye.unwrap_or_else(|| "peer did not close".into())),
+            n = reader.next() => n,
         };
-        opener.open(&reader.buf[record])?;
+        let buf = match next {
+            None if opener.at_boundary() => {
+                return Ok(goodbye.unwrap_or_else(|| "closed by peer".into()))
+            }
+            None => return Err(FrameError::Truncated),
+            Some(Err(e)) => return Err(FrameError::from_codec(e)),
+            Some(Ok(buf)) => buf,
+        };
+        activity.touch();
+        opener.open(&buf)?;
         while let Some((msg, len)) = opener.next_message()? {
             inner.metrics.received(kind_index(msg.kind()), len);
             match msg {
