@@ -189,17 +189,22 @@ impl Opener {
             return Err(FrameError::BadLength(noise_msg.len()));
         }
         let start = self.plain.len();
-        let need = noise_msg.len() - TAG_LEN;
+        // The cipher wants room for the whole message (tag included) to decrypt in place;
+        // with less it allocates and copies the message once more.
+        let need = noise_msg.len();
         if self.plain.capacity() - start < need {
             // Frames handed out still share the old buffer, so growing copies the partial
             // frame left in it: grow by several messages at a time to copy rarely.
             self.plain.reserve(need.max(4 * MAX_NOISE_MESSAGE));
         }
         self.plain.resize(start + need, 0);
-        let n = self
+        let opened = self
             .cipher
-            .read_message(self.nonce, noise_msg, &mut self.plain[start..])
-            .map_err(|_| FrameError::Decrypt)?;
+            .read_message(self.nonce, noise_msg, &mut self.plain[start..]);
+        let Ok(n) = opened else {
+            self.plain.truncate(start);
+            return Err(FrameError::Decrypt);
+        };
         self.plain.truncate(start + n);
         self.nonce += 1;
         Ok(())
