@@ -164,28 +164,17 @@ impl FileConfig {
             ("handshake_timeout_ms", cfg.handshake_timeout_ms),
             ("idle_timeout_s", cfg.idle_timeout_s),
             ("seen_ttl_s", cfg.seen_ttl_s),
+            ("max_inbound", cfg.max_inbound as u64),
+            ("max_outbound", cfg.max_outbound as u64),
+            ("queue_bytes", cfg.queue_bytes as u64),
+            ("seen_capacity", cfg.seen_capacity as u64),
+            ("max_payload_bytes", cfg.max_payload_bytes as u64),
         ];
-        for (field, v) in positive {
-            if v == 0 {
-                return Err(ConfigError::Invalid {
-                    field,
-                    reason: "must be greater than 0".into(),
-                });
-            }
-        }
-        for (field, v) in [
-            ("max_inbound", cfg.max_inbound),
-            ("max_outbound", cfg.max_outbound),
-            ("queue_bytes", cfg.queue_bytes),
-            ("seen_capacity", cfg.seen_capacity),
-            ("max_payload_bytes", cfg.max_payload_bytes),
-        ] {
-            if v == 0 {
-                return Err(ConfigError::Invalid {
-                    field,
-                    reason: "must be greater than 0".into(),
-                });
-            }
+        if let Some((field, _)) = positive.into_iter().find(|&(_, v)| v == 0) {
+            return Err(ConfigError::Invalid {
+                field,
+                reason: "must be greater than 0".into(),
+            });
         }
         Ok(cfg)
     }

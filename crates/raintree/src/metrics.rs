@@ -6,6 +6,9 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use raintree_proto::broadcast::Stats;
 
+/// A counter's name, help text, metric, and where its value sits in [`Stats`].
+type CounterRow<'a> = (&'static str, &'static str, &'a Counter, fn(&Stats) -> u64);
+
 /// Counters mirrored from the protocol engine's [`Stats`], plus a latency histogram.
 #[derive(Clone)]
 pub struct NodeMetrics {
@@ -55,69 +58,95 @@ impl NodeMetrics {
         }
     }
 
-    /// Registers every metric under the `raintree_` prefix.
-    pub fn register(&self, registry: &mut Registry) {
-        let r = registry.sub_registry_with_prefix("raintree");
-        let counters: [(&str, &str, &Counter); 13] = [
+    /// Each engine counter with its metric name, help and where its value sits in [`Stats`]:
+    /// one table, so registering and syncing can never disagree.
+    fn counters(&self) -> [CounterRow<'_>; 13] {
+        [
             (
                 "broadcasts",
                 "Broadcasts originated by this node",
                 &self.broadcasts,
+                |s| s.broadcasts,
             ),
             (
                 "deliveries",
                 "Messages delivered to the application (once per id)",
                 &self.deliveries,
+                |s| s.deliveries,
             ),
             (
                 "duplicates",
                 "Payload copies received for an already delivered id",
                 &self.duplicates,
+                |s| s.duplicates,
             ),
             (
                 "gossip_sent",
                 "Payload-bearing gossip messages sent (all routes)",
                 &self.gossip_sent,
+                |s| s.gossip_sent,
             ),
-            ("acks_sent", "ACKs sent for tree copies", &self.acks_sent),
+            (
+                "acks_sent",
+                "ACKs sent for tree copies",
+                &self.acks_sent,
+                |s| s.acks_sent,
+            ),
             (
                 "acks_received",
                 "ACKs received for our tree sends",
                 &self.acks_received,
+                |s| s.acks_received,
             ),
             (
                 "ack_timeouts",
                 "Tree sends whose ACK did not arrive in time",
                 &self.ack_timeouts,
+                |s| s.ack_timeouts,
             ),
             (
                 "resends",
                 "Replacement sends after an ACK timeout",
                 &self.resends,
+                |s| s.resends,
             ),
             (
                 "give_ups",
                 "Tree targets abandoned after the last retry",
                 &self.give_ups,
+                |s| s.give_ups,
             ),
             (
                 "redundancy_sends",
                 "Level-0 redundancy pushes to ring neighbours",
                 &self.redundancy_sends,
+                |s| s.redundancy_sends,
             ),
-            ("igyw_sends", "I-got-you-want offers sent", &self.igyw_sends),
+            (
+                "igyw_sends",
+                "I-got-you-want offers sent",
+                &self.igyw_sends,
+                |s| s.igyw_sent,
+            ),
             (
                 "cleanup_sends",
                 "Full messages sent after a WANT",
                 &self.cleanup_sends,
+                |s| s.cleanup_sends,
             ),
             (
                 "rejected_messages",
                 "Received messages the protocol refused",
                 &self.rejected,
+                |s| s.rejected,
             ),
-        ];
-        for (name, help, c) in counters {
+        ]
+    }
+
+    /// Registers every metric under the `raintree_` prefix.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("raintree");
+        for (name, help, c, _) in self.counters() {
             r.register(name, help, c.clone());
         }
         r.register(
@@ -135,27 +164,8 @@ impl NodeMetrics {
 
     /// Adds what the engine counted since `last` and remembers `now` as the new baseline.
     pub(crate) fn sync(&self, last: &mut Stats, now: &Stats) {
-        let pairs: [(&Counter, u64, u64); 13] = [
-            (&self.broadcasts, last.broadcasts, now.broadcasts),
-            (&self.deliveries, last.deliveries, now.deliveries),
-            (&self.duplicates, last.duplicates, now.duplicates),
-            (&self.gossip_sent, last.gossip_sent, now.gossip_sent),
-            (&self.acks_sent, last.acks_sent, now.acks_sent),
-            (&self.acks_received, last.acks_received, now.acks_received),
-            (&self.ack_timeouts, last.ack_timeouts, now.ack_timeouts),
-            (&self.resends, last.resends, now.resends),
-            (&self.give_ups, last.give_ups, now.give_ups),
-            (
-                &self.redundancy_sends,
-                last.redundancy_sends,
-                now.redundancy_sends,
-            ),
-            (&self.igyw_sends, last.igyw_sent, now.igyw_sent),
-            (&self.cleanup_sends, last.cleanup_sends, now.cleanup_sends),
-            (&self.rejected, last.rejected, now.rejected),
-        ];
-        for (c, before, after) in pairs {
-            c.inc_by(after.saturating_sub(before));
+        for (_, _, c, field) in self.counters() {
+            c.inc_by(field(now).saturating_sub(field(last)));
         }
         *last = now.clone();
     }
