@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use raintree_proto::broadcast::{Config, Redundancy};
-use raintree_proto::sim::{self, Report, SimConfig};
+use raintree_proto::sim::{self, Failure, Report, SimConfig};
 use raintree_proto::wire::Strategy;
 
 /// A switch written `on` or `off`.
@@ -74,12 +74,18 @@ pub struct Args {
     /// Extra uniform random latency, up to this many milliseconds.
     #[arg(long, default_value_t = 5.0)]
     pub jitter_ms: f64,
-    /// ACK deadline in milliseconds.
+    /// ACK deadline in milliseconds before any round trip is measured.
     #[arg(long, default_value_t = 500.0)]
     pub ack_timeout_ms: f64,
-    /// Exact strategy: re-delegations of a failed part before giving up.
-    #[arg(long, default_value_t = 3)]
-    pub exact_retries: u32,
+    /// Shortest adaptive ACK deadline in milliseconds.
+    #[arg(long, default_value_t = 50.0)]
+    pub min_ack_timeout_ms: f64,
+    /// Longest adaptive ACK deadline in milliseconds.
+    #[arg(long, default_value_t = 2000.0)]
+    pub max_ack_timeout_ms: f64,
+    /// Milliseconds a failed peer is passed over unless it answers a probe first.
+    #[arg(long, default_value_t = 300000.0)]
+    pub suspicion_ttl_ms: f64,
     /// Delay between tree duty and the first IGYW offer, in milliseconds.
     #[arg(long, default_value_t = 1000.0)]
     pub cleanup_delay_ms: f64,
@@ -92,6 +98,28 @@ pub struct Args {
     /// Payload size in bytes.
     #[arg(long, default_value_t = 32)]
     pub payload_size: usize,
+    /// What a sender sees of a message to a down node: silent (it vanishes) or refused (the
+    /// sender is told one link latency later, like a killed process on a live host).
+    #[arg(long, value_enum, default_value = "silent")]
+    pub failure: FailureArg,
+    /// Percentage of nodes down in each churn period (never the originator).
+    #[arg(long, default_value_t = 0.0)]
+    pub churn_percent: f64,
+    /// Length of a churn period in milliseconds of simulated time.
+    #[arg(long, default_value_t = 1000.0)]
+    pub churn_period_ms: f64,
+    /// Milliseconds between broadcast starts; 0 starts each after the previous one settles.
+    #[arg(long, default_value_t = 0.0)]
+    pub interval_ms: f64,
+}
+
+/// `--failure`: what a sender sees of a message to a down node.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureArg {
+    /// The message vanishes.
+    Silent,
+    /// The connection is refused.
+    Refused,
 }
 
 fn millis(name: &str, ms: f64) -> Result<Duration, String> {
@@ -108,7 +136,9 @@ impl Args {
                 strategy: self.strategy,
                 acks: self.acks.on(),
                 ack_timeout: millis("ack-timeout-ms", self.ack_timeout_ms)?,
-                exact_retries: self.exact_retries,
+                min_ack_timeout: millis("min-ack-timeout-ms", self.min_ack_timeout_ms)?,
+                max_ack_timeout: millis("max-ack-timeout-ms", self.max_ack_timeout_ms)?,
+                suspicion_ttl: millis("suspicion-ttl-ms", self.suspicion_ttl_ms)?,
                 redundancy: self.redundancy,
                 cleanup: self.cleanup.on(),
                 igyw_timeout: millis("igyw-timeout-ms", self.igyw_timeout_ms)?,
@@ -128,6 +158,13 @@ impl Args {
             originator: self.originator,
             payload_size: self.payload_size,
             per_node: self.per_node,
+            failure: match self.failure {
+                FailureArg::Silent => Failure::Silent,
+                FailureArg::Refused => Failure::Refused,
+            },
+            churn_percent: self.churn_percent,
+            churn_period: millis("churn-period-ms", self.churn_period_ms)?,
+            interval: millis("interval-ms", self.interval_ms)?,
         })
     }
 }
@@ -195,9 +232,34 @@ fn print_text(r: &Report) {
         "ack timeouts {}  give-ups {}  duplicates {}  max hops {}  rmr {:.3}",
         r.ack_timeouts, r.give_ups, r.duplicates, r.max_hops, r.rmr
     );
+    println!(
+        "unreachable signals {}  skips {}  probes {}  re-splits {}",
+        r.unreachable, r.skips, r.probes, r.resplits
+    );
     match r.time_to_full_ms {
         Some(t) => println!("time to full coverage {t:.1} ms (simulated)"),
         None => println!("time to full coverage: never"),
+    }
+    if r.per_broadcast.len() > 1 {
+        println!(
+            "{:>9} {:>7} {:>6} {:>6} {:>14} {:>7} {:>12}",
+            "broadcast", "covered", "live", "stable", "stable covered", "sends", "full (ms)"
+        );
+        for (i, b) in r.per_broadcast.iter().enumerate() {
+            let full = b
+                .time_to_full_ms
+                .map_or_else(|| "never".to_string(), |t| format!("{t:.1}"));
+            println!(
+                "{:>9} {:>7} {:>6} {:>6} {:>14} {:>7} {:>12}",
+                i + 1,
+                b.covered,
+                b.live,
+                b.stable,
+                b.stable_covered,
+                b.sends,
+                full
+            );
+        }
     }
     if let Some(rows) = &r.per_node {
         println!("{:>8} {:>6} {:>6}", "position", "reads", "writes");

@@ -39,10 +39,14 @@ pub struct FileConfig {
     pub redundancy: Redundancy,
     /// Expect ACKs for tree sends and resend on timeout. Default true.
     pub acks: bool,
-    /// ACK deadline in milliseconds. Default 500.
+    /// ACK deadline in milliseconds before any round trip is measured. Default 500.
     pub ack_timeout_ms: u64,
-    /// Re-delegations per failed part with the exact strategy. Default 3.
-    pub exact_retries: u32,
+    /// Shortest adaptive ACK deadline in milliseconds. Default 50.
+    pub min_ack_timeout_ms: u64,
+    /// Longest adaptive ACK deadline in milliseconds. Default 2000.
+    pub max_ack_timeout_ms: u64,
+    /// Seconds a failed peer is passed over unless it answers a probe first. Default 300.
+    pub suspicion_ttl_s: u64,
     /// Run the IGYW clean-up chain. Default false.
     pub cleanup: bool,
     /// Delay before offering IGYW, in milliseconds. Default 1000.
@@ -87,7 +91,9 @@ impl Default for FileConfig {
             redundancy: p.redundancy,
             acks: p.acks,
             ack_timeout_ms: ms(p.ack_timeout),
-            exact_retries: p.exact_retries,
+            min_ack_timeout_ms: ms(p.min_ack_timeout),
+            max_ack_timeout_ms: ms(p.max_ack_timeout),
+            suspicion_ttl_s: p.suspicion_ttl.as_secs(),
             cleanup: p.cleanup,
             cleanup_delay_ms: ms(p.cleanup_delay),
             igyw_timeout_ms: ms(p.igyw_timeout),
@@ -160,6 +166,9 @@ impl FileConfig {
         cfg.identity()?;
         let positive = [
             ("ack_timeout_ms", cfg.ack_timeout_ms),
+            ("min_ack_timeout_ms", cfg.min_ack_timeout_ms),
+            ("max_ack_timeout_ms", cfg.max_ack_timeout_ms),
+            ("suspicion_ttl_s", cfg.suspicion_ttl_s),
             ("igyw_timeout_ms", cfg.igyw_timeout_ms),
             ("handshake_timeout_ms", cfg.handshake_timeout_ms),
             ("idle_timeout_s", cfg.idle_timeout_s),
@@ -174,6 +183,15 @@ impl FileConfig {
             return Err(ConfigError::Invalid {
                 field,
                 reason: "must be greater than 0".into(),
+            });
+        }
+        if cfg.min_ack_timeout_ms > cfg.max_ack_timeout_ms {
+            return Err(ConfigError::Invalid {
+                field: "min_ack_timeout_ms",
+                reason: format!(
+                    "must not exceed max_ack_timeout_ms ({})",
+                    cfg.max_ack_timeout_ms
+                ),
             });
         }
         Ok(cfg)
@@ -200,7 +218,9 @@ impl FileConfig {
             strategy: self.strategy,
             acks: self.acks,
             ack_timeout: Duration::from_millis(self.ack_timeout_ms),
-            exact_retries: self.exact_retries,
+            min_ack_timeout: Duration::from_millis(self.min_ack_timeout_ms),
+            max_ack_timeout: Duration::from_millis(self.max_ack_timeout_ms),
+            suspicion_ttl: Duration::from_secs(self.suspicion_ttl_s),
             redundancy: self.redundancy,
             cleanup: self.cleanup,
             igyw_timeout: Duration::from_millis(self.igyw_timeout_ms),

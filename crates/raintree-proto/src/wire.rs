@@ -87,6 +87,8 @@ pub enum Message {
     Igyw {
         /// The broadcast offered.
         id: MessageId,
+        /// The clean-up window the receiver answers for (0 reads as 1).
+        span: u32,
     },
     /// The answer to an `Igyw`.
     IgywReply {
@@ -251,7 +253,10 @@ impl From<&Message> for pb::Envelope {
                 id: id_to_pb(id),
                 level_or_range: *level_or_range,
             }),
-            Message::Igyw { id } => Body::Igyw(pb::Igyw { id: id_to_pb(id) }),
+            Message::Igyw { id, span } => Body::Igyw(pb::Igyw {
+                id: id_to_pb(id),
+                span: *span,
+            }),
             Message::IgywReply { id, want } => Body::IgywReply(pb::IgywReply {
                 id: id_to_pb(id),
                 want: *want,
@@ -318,6 +323,7 @@ impl TryFrom<pb::Envelope> for Message {
             },
             Body::Igyw(i) => Message::Igyw {
                 id: id_from_pb(i.id)?,
+                span: i.span,
             },
             Body::IgywReply(r) => Message::IgywReply {
                 id: id_from_pb(r.id)?,
@@ -392,7 +398,7 @@ mod tests {
                 id: id(),
                 level_or_range: 2,
             },
-            Message::Igyw { id: id() },
+            Message::Igyw { id: id(), span: 0 },
             Message::IgywReply {
                 id: id(),
                 want: true,

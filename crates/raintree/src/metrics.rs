@@ -25,6 +25,11 @@ pub struct NodeMetrics {
     igyw_sends: Counter,
     cleanup_sends: Counter,
     rejected: Counter,
+    unreachable: Counter,
+    suspicions: Counter,
+    skips: Counter,
+    probes: Counter,
+    resplits: Counter,
     peers: Gauge,
     latency: Histogram,
 }
@@ -52,6 +57,11 @@ impl NodeMetrics {
             igyw_sends: Counter::default(),
             cleanup_sends: Counter::default(),
             rejected: Counter::default(),
+            unreachable: Counter::default(),
+            suspicions: Counter::default(),
+            skips: Counter::default(),
+            probes: Counter::default(),
+            resplits: Counter::default(),
             peers: Gauge::default(),
             // 100 µs .. ~52 s: loopback deliveries through slow multi-hop resends.
             latency: Histogram::new(exponential_buckets(0.0001, 2.0, 20)),
@@ -60,7 +70,7 @@ impl NodeMetrics {
 
     /// Each engine counter with its metric name, help and where its value sits in [`Stats`]:
     /// one table, so registering and syncing can never disagree.
-    fn counters(&self) -> [CounterRow<'_>; 13] {
+    fn counters(&self) -> [CounterRow<'_>; 18] {
         [
             (
                 "broadcasts",
@@ -106,13 +116,13 @@ impl NodeMetrics {
             ),
             (
                 "resends",
-                "Replacement sends after an ACK timeout",
+                "Replacement sends after a failed tree send",
                 &self.resends,
                 |s| s.resends,
             ),
             (
                 "give_ups",
-                "Tree targets abandoned after the last retry",
+                "Failed tree sends with no live node left to take their part",
                 &self.give_ups,
                 |s| s.give_ups,
             ),
@@ -139,6 +149,36 @@ impl NodeMetrics {
                 "Received messages the protocol refused",
                 &self.rejected,
                 |s| s.rejected,
+            ),
+            (
+                "peer_unreachable",
+                "Transport reports of a peer that cannot be reached",
+                &self.unreachable,
+                |s| s.unreachable,
+            ),
+            (
+                "suspicions",
+                "Peers newly suspected after an ACK timeout or an unreachable report",
+                &self.suspicions,
+                |s| s.suspicions,
+            ),
+            (
+                "skips",
+                "Tree sends passed over because the target was suspected",
+                &self.skips,
+                |s| s.skips,
+            ),
+            (
+                "probes",
+                "IGYW probes sent to suspected peers",
+                &self.probes,
+                |s| s.probes,
+            ),
+            (
+                "resplits",
+                "Failed parts of the exact tree re-split among their remaining nodes",
+                &self.resplits,
+                |s| s.resplits,
             ),
         ]
     }

@@ -155,7 +155,7 @@ async fn a_dialled_address_proving_another_identity_is_refused() {
         .await
         .unwrap();
     let reason = next_matching(&mut a.events, |ev| match ev {
-        Event::ConnectionDown { peer, reason } if peer == wanted => Some(reason),
+        Event::ConnectionDown { peer, reason, .. } if peer == wanted => Some(reason),
         _ => None,
     })
     .await;

@@ -108,10 +108,15 @@ pub struct Config {
     pub strategy: Strategy,
     /// Whether tree sends expect ACKs (SPEC 4).
     pub acks: bool,
-    /// How long a tree send waits for its ACK.
+    /// How long a tree send waits for its ACK before any round trip has been measured; after
+    /// that, deadlines follow the measured round trips (RFC 6298).
     pub ack_timeout: Duration,
-    /// Exact strategy: how many times a failed part is re-delegated before giving up.
-    pub exact_retries: u32,
+    /// The shortest adaptive ACK deadline.
+    pub min_ack_timeout: Duration,
+    /// The longest adaptive ACK deadline.
+    pub max_ack_timeout: Duration,
+    /// How long a peer that failed is passed over unless it answers a probe first.
+    pub suspicion_ttl: Duration,
     /// The redundancy layer (SPEC 5).
     pub redundancy: Redundancy,
     /// Whether the IGYW clean-up layer runs (SPEC 6).
@@ -138,7 +143,9 @@ impl Default for Config {
             strategy: Strategy::Reference,
             acks: true,
             ack_timeout: Duration::from_millis(500),
-            exact_retries: 3,
+            min_ack_timeout: Duration::from_millis(50),
+            max_ack_timeout: Duration::from_secs(2),
+            suspicion_ttl: Duration::from_secs(300),
             redundancy: Redundancy::Off,
             cleanup: false,
             igyw_timeout: Duration::from_millis(500),

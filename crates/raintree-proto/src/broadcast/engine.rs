@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::seen::{Entry, PendingAck, SeenSet};
+use super::liveness::{Awaited, Liveness, LivenessConfig};
+use super::seen::{Entry, Offer, OfferKind, PendingAck, SeenSet};
 use super::{Config, EngineError, Output, SplitMix64, Stats};
 use crate::peers::{Address, PeerList};
 use crate::tree;
@@ -16,7 +17,7 @@ use crate::wire::{Gossip, Message, MessageId, Route, Strategy};
 /// What a timer does when it fires.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum TimerKind {
-    /// The ACK of the pending send with this token is overdue.
+    /// Look at the ACK of the pending send with this token: overdue, or not yet.
     Ack(u32),
     /// Start the IGYW chain after the clean-up delay.
     IgywStart,
@@ -48,6 +49,7 @@ struct Core {
     timer_order: u64,
     outputs: VecDeque<Output>,
     stats: Stats,
+    live: Liveness,
 }
 
 /// One node's RainTree protocol state: a pure state machine (no I/O, no clock).
@@ -55,6 +57,15 @@ struct Core {
 pub struct Engine {
     core: Core,
     seen: SeenSet,
+}
+
+/// Why a send awaiting an answer failed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Failure {
+    /// Its deadline passed.
+    Timeout,
+    /// The transport reported the peer unreachable.
+    Unreachable,
 }
 
 impl Engine {
@@ -77,6 +88,12 @@ impl Engine {
     ) -> Result<Self, EngineError> {
         let my_pos = peers.position(&me).ok_or(EngineError::NotInPeerList)?;
         let seen = SeenSet::new(config.seen_capacity);
+        let live = Liveness::new(LivenessConfig {
+            initial: config.ack_timeout,
+            min: config.min_ack_timeout,
+            max: config.max_ack_timeout,
+            suspicion_ttl: config.suspicion_ttl,
+        });
         Ok(Engine {
             core: Core {
                 config,
@@ -88,6 +105,7 @@ impl Engine {
                 timer_order: 0,
                 outputs: VecDeque::new(),
                 stats: Stats::default(),
+                live,
             },
             seen,
         })
@@ -98,6 +116,7 @@ impl Engine {
         let pos = peers
             .position(&self.core.me)
             .ok_or(EngineError::NotInPeerList)?;
+        self.core.live.retain_listed(&peers);
         self.core.peers = peers;
         self.core.my_pos = pos;
         Ok(())
@@ -162,19 +181,20 @@ impl Engine {
         from: Address,
         msg: Message,
     ) -> Result<(), EngineError> {
+        // Anything from a peer shows it is up, whatever the message.
+        self.core.live.heard_from(&from);
         let r = match msg {
             Message::Gossip(g) => self.on_gossip(now, from, g),
             Message::Ack { id, level_or_range } => {
-                self.on_ack(from, id, level_or_range);
+                self.on_ack(now, from, id, level_or_range);
                 Ok(())
             }
-            Message::Igyw { id } => {
-                let want = !self.seen.contains(&id);
-                self.core.send(from, Message::IgywReply { id, want });
+            Message::Igyw { id, span } => {
+                self.on_igyw(now, from, id, span);
                 Ok(())
             }
             Message::IgywReply { id, want } => {
-                self.on_igyw_reply(from, id, want);
+                self.on_igyw_reply(now, from, id, want);
                 Ok(())
             }
             Message::Direct { id, payload } => self.on_direct(now, id, payload),
@@ -184,6 +204,36 @@ impl Engine {
         };
         self.prune_stale();
         r
+    }
+
+    /// The transport says `peer` cannot be reached (dial refused or failed, connection reset,
+    /// handshake failed): every send awaiting its answer fails now, without waiting for its
+    /// deadline, and the peer is passed over until it answers again or `suspicion_ttl` ends.
+    pub fn peer_unreachable(&mut self, now: Duration, peer: Address) {
+        if peer == self.core.me {
+            return;
+        }
+        self.core.stats.unreachable += 1;
+        if self.core.live.suspect(peer, now) {
+            self.core.stats.suspicions += 1;
+        }
+        for a in self.core.live.take_awaited(&peer) {
+            let Some(e) = self.seen.get_mut(&a.id) else {
+                continue;
+            };
+            if e.seq != a.entry_seq {
+                continue;
+            }
+            if let Some(i) = e.acks.iter().position(|p| p.token == a.token) {
+                let p = e.acks.swap_remove(i);
+                self.core.ack_failed(now, a.id, e, p, Failure::Unreachable);
+            } else if let Some(i) = e.offers.iter().position(|o| o.token == a.token) {
+                let o = e.offers.swap_remove(i);
+                self.core.offer_failed(now, a.id, e, o);
+            }
+            self.core.release_if_idle(e);
+        }
+        self.prune_stale();
     }
 
     /// Fires every timer due at `now`.
@@ -231,6 +281,21 @@ impl Engine {
     /// Whether `id` is remembered (delivered, originated or seen).
     pub fn has_seen(&self, id: &MessageId) -> bool {
         self.seen.contains(id)
+    }
+
+    /// Whether `peer` is currently passed over for failing (SPEC 4).
+    pub fn is_suspected(&self, now: Duration, peer: &Address) -> bool {
+        self.core.live.is_suspected(peer, now)
+    }
+
+    /// How many peers are passed over at `now`.
+    pub fn suspected_count(&self, now: Duration) -> usize {
+        self.core.live.suspected_count(now)
+    }
+
+    /// The ACK deadline a send to `peer` would get now (adaptive, SPEC 4).
+    pub fn ack_deadline(&self, peer: &Address) -> Duration {
+        self.core.live.deadline(peer)
     }
 
     fn reject(&mut self, e: EngineError) -> Result<(), EngineError> {
@@ -310,20 +375,21 @@ impl Engine {
             // A ring copy travels on only from a node that first learns of it that way.
             Route::RingLeft if first => {
                 self.core.ring_push(id, e, true);
-                self.core.after_ring(now, id, e);
+                self.core.schedule_igyw(now, id, e);
             }
             Route::RingRight if first => {
                 self.core.ring_push(id, e, false);
-                self.core.after_ring(now, id, e);
+                self.core.schedule_igyw(now, id, e);
             }
-            Route::Cleanup if first => self.core.start_igyw(now, id, e),
+            // The offerer's chain goes on past the window; this node answers for the window.
+            Route::Cleanup => self.core.cover_window(now, id, e, g.level_or_range),
             _ => {}
         }
         self.core.release_if_idle(e);
         Ok(())
     }
 
-    fn on_ack(&mut self, from: Address, id: MessageId, level_or_range: u32) {
+    fn on_ack(&mut self, now: Duration, from: Address, id: MessageId, level_or_range: u32) {
         let Some(e) = self.seen.get_mut(&id) else {
             return;
         };
@@ -332,29 +398,81 @@ impl Engine {
             .iter()
             .position(|p| p.to == from && p.level_or_range == level_or_range)
         {
-            e.acks.swap_remove(i);
+            let p = e.acks.swap_remove(i);
             self.core.stats.acks_received += 1;
+            let a = Awaited {
+                id,
+                entry_seq: e.seq,
+                token: p.token,
+            };
+            self.core.live.answered(&from, &a);
+            self.core.live.sample(from, now.saturating_sub(p.sent_at));
             self.core.release_if_idle(e);
         }
     }
 
-    fn on_igyw_reply(&mut self, from: Address, id: MessageId, want: bool) {
+    fn on_igyw(&mut self, now: Duration, from: Address, id: MessageId, span: u32) {
+        let want = !self.seen.contains(&id);
+        self.core.send(from, Message::IgywReply { id, want });
+        // A node that has the message answers for the window it was offered (SPEC 6):
+        // nodes past it in the window may still miss it.
+        if let Some(e) = self.seen.get_mut(&id) {
+            self.core.cover_window(now, id, e, span);
+            self.core.release_if_idle(e);
+        }
+    }
+
+    fn on_igyw_reply(&mut self, now: Duration, from: Address, id: MessageId, want: bool) {
         let Some(e) = self.seen.get_mut(&id) else {
             return;
         };
-        // Only the neighbour currently asked may answer, so WANTs cannot be replayed for copies.
-        if !matches!(e.igyw.awaiting, Some((to, _)) if to == from) {
+        // Only a peer asked may answer, so WANTs cannot be replayed for extra copies.
+        let Some(i) = e.offers.iter().position(|o| o.to == from) else {
             return;
-        }
-        e.igyw.awaiting = None;
-        e.igyw.finished = true;
+        };
+        let o = e.offers.swap_remove(i);
+        let a = Awaited {
+            id,
+            entry_seq: e.seq,
+            token: o.token,
+        };
+        self.core.live.answered(&from, &a);
+        self.core.live.sample(from, now.saturating_sub(o.sent_at));
         if want {
             self.core.stats.igyw_want += 1;
-            self.core.stats.cleanup_sends += 1;
-            let m = self.core.gossip(id, e, 0, Route::Cleanup);
-            self.core.send(from, m);
         } else {
             self.core.stats.igyw_have += 1;
+        }
+        match o.kind {
+            OfferKind::Probe { lor } => {
+                if want {
+                    let m = self.core.gossip(id, e, lor, Route::Resend);
+                    self.core.send(from, m);
+                }
+            }
+            OfferKind::Window => {
+                if want {
+                    self.core.stats.cleanup_sends += 1;
+                    let m = self.core.gossip(id, e, o.span, Route::Cleanup);
+                    self.core.send(from, m);
+                }
+            }
+            OfferKind::Chain => {
+                if want {
+                    self.core.stats.cleanup_sends += 1;
+                    let m = self.core.gossip(id, e, o.span, Route::Cleanup);
+                    self.core.send(from, m);
+                    // A node that missed it: the run of misses may be long, so the chain
+                    // jumps past the window just handed over and doubles the next one.
+                    let n = e.peers.len();
+                    e.igyw.skipped = 0;
+                    e.igyw.offset = o.offset.saturating_add(o.span as usize);
+                    e.igyw.span = o.span.saturating_mul(2).min(clamp_u32(n as u64));
+                    self.core.offer_chain(now, id, e);
+                } else {
+                    e.igyw.finished = true;
+                }
+            }
         }
         self.core.release_if_idle(e);
     }
@@ -398,21 +516,25 @@ impl Engine {
             return;
         }
         match t.kind {
-            TimerKind::Ack(token) => self.core.ack_overdue(now, t.id, e, token),
+            TimerKind::Ack(token) => self.core.check_ack(now, t.id, e, token),
             TimerKind::IgywStart => {
-                if !e.igyw.finished && e.igyw.awaiting.is_none() {
-                    self.core.offer_igyw(now, t.id, e);
+                if !e.igyw.finished && !e.offers.iter().any(|o| o.kind == OfferKind::Chain) {
+                    self.core.offer_chain(now, t.id, e);
                 }
             }
             TimerKind::IgywWait(token) => {
-                if matches!(e.igyw.awaiting, Some((_, tk)) if tk == token) {
-                    e.igyw.awaiting = None;
-                    e.igyw.skipped += 1;
-                    if e.igyw.skipped > self.core.config.igyw_skip_limit {
-                        e.igyw.finished = true;
-                    } else {
-                        self.core.offer_igyw(now, t.id, e);
+                if let Some(i) = e.offers.iter().position(|o| o.token == token) {
+                    let o = e.offers.swap_remove(i);
+                    let a = Awaited {
+                        id: t.id,
+                        entry_seq: e.seq,
+                        token,
+                    };
+                    self.core.live.answered(&o.to, &a);
+                    if self.core.live.suspect(o.to, now) {
+                        self.core.stats.suspicions += 1;
                     }
+                    self.core.offer_failed(now, t.id, e, o);
                 }
             }
             TimerKind::Expire => {
@@ -436,10 +558,10 @@ impl Engine {
             let live = match self.seen.get(&t.id) {
                 Some(e) if e.seq == t.entry_seq => match t.kind {
                     TimerKind::Ack(token) => e.acks.iter().any(|p| p.token == token),
-                    TimerKind::IgywWait(token) => {
-                        matches!(e.igyw.awaiting, Some((_, tk)) if tk == token)
+                    TimerKind::IgywWait(token) => e.offers.iter().any(|o| o.token == token),
+                    TimerKind::IgywStart => {
+                        !e.igyw.finished && !e.offers.iter().any(|o| o.kind == OfferKind::Chain)
                     }
-                    TimerKind::IgywStart => !e.igyw.finished && e.igyw.awaiting.is_none(),
                     TimerKind::Expire => true,
                 },
                 _ => false,
@@ -538,20 +660,68 @@ impl Core {
         for level in (bottom.max(1)..=top).rev() {
             for t in tree::reference_targets(n, level) {
                 if t != 0 {
-                    self.tree_send(now, id, e, t as usize, level, 0);
+                    self.reference_send(now, id, e, t as usize, level);
                 }
             }
         }
+    }
+
+    /// A reference tree send: a suspected target is probed and replaced by its neighbours at
+    /// once, exactly as an ACK timeout would have done (SPEC 4), without the wait.
+    fn reference_send(&mut self, now: Duration, id: MessageId, e: &mut Entry, off: usize, l: u32) {
+        let Some(to) = e.peers.at_offset(e.my_pos, off) else {
+            return;
+        };
+        if to == self.me {
+            return;
+        }
+        if self.acks_on() && self.live.is_suspected(&to, now) {
+            self.stats.skips += 1;
+            self.probe(now, id, e, to, 0);
+            self.resend_to_neighbours(id, e, off, l);
+            return;
+        }
+        self.tree_send(now, id, e, to, off, l);
     }
 
     fn forward_exact(&mut self, now: Duration, id: MessageId, e: &mut Entry, range: u64) {
         let mut r = range;
         while r > 1 {
             for (offset, len) in tree::exact_delegations(r) {
-                self.tree_send(now, id, e, offset as usize, clamp_u32(len), 0);
+                self.delegate(now, id, e, offset as usize, len as usize);
             }
             r = tree::exact_parts(r)[0];
         }
+    }
+
+    /// Hands the part `[offset, offset + len)` of the view to its first node. A suspected first
+    /// node gets only a probe, and the rest of its part is re-split in three at once, so the
+    /// part is covered exactly once among live nodes without waiting for any deadline.
+    fn delegate(&mut self, now: Duration, id: MessageId, e: &mut Entry, offset: usize, len: usize) {
+        // A work list, not recursion: a long run of suspected peers must not deepen the stack.
+        let mut work = vec![(offset, len)];
+        while let Some((off, len)) = work.pop() {
+            if len == 0 {
+                continue;
+            }
+            let Some(to) = e.peers.at_offset(e.my_pos, off) else {
+                continue;
+            };
+            if to == self.me {
+                continue;
+            }
+            if self.acks_on() && self.live.is_suspected(&to, now) {
+                self.stats.skips += 1;
+                self.probe(now, id, e, to, 1);
+                push_split(&mut work, off + 1, len - 1);
+                continue;
+            }
+            self.tree_send(now, id, e, to, off, clamp_u32(len as u64));
+        }
+    }
+
+    fn acks_on(&self) -> bool {
+        self.config.acks
     }
 
     fn tree_send(
@@ -559,16 +729,10 @@ impl Core {
         now: Duration,
         id: MessageId,
         e: &mut Entry,
+        to: Address,
         offset: usize,
         lor: u32,
-        attempt: u32,
     ) {
-        let Some(to) = e.peers.at_offset(e.my_pos, offset) else {
-            return;
-        };
-        if to == self.me {
-            return;
-        }
         let m = self.gossip(id, e, lor, Route::Tree);
         self.send(to, m);
         if self.config.acks {
@@ -577,55 +741,191 @@ impl Core {
                 to,
                 offset,
                 level_or_range: lor,
-                attempt,
                 token,
+                sent_at: now,
+                checks: 0,
             });
-            let at = now.saturating_add(self.config.ack_timeout);
+            self.live.await_answer(
+                to,
+                Awaited {
+                    id,
+                    entry_seq: e.seq,
+                    token,
+                },
+            );
+            let at = self.first_check(now, &to);
             self.schedule(e, id, at, TimerKind::Ack(token));
         }
     }
 
-    fn ack_overdue(&mut self, now: Duration, id: MessageId, e: &mut Entry, token: u32) {
+    /// When to first look at an answer from `to` sent `now`: its deadline once round trips are
+    /// measured, else an early recheck so that the first samples shorten this deadline too.
+    fn first_check(&self, now: Duration, to: &Address) -> Duration {
+        if self.live.measured() {
+            now.saturating_add(self.live.deadline(to))
+        } else {
+            self.live.recheck_at(now, 0)
+        }
+    }
+
+    /// An ACK timer fired: the ACK is overdue by today's estimate, or the timer comes back then.
+    fn check_ack(&mut self, now: Duration, id: MessageId, e: &mut Entry, token: u32) {
         let Some(i) = e.acks.iter().position(|p| p.token == token) else {
             return;
         };
+        let (to, sent_at) = (e.acks[i].to, e.acks[i].sent_at);
+        let due = if self.live.measured() {
+            sent_at.saturating_add(self.live.deadline(&to))
+        } else {
+            let initial = sent_at.saturating_add(self.config.ack_timeout);
+            if now < initial {
+                e.acks[i].checks += 1;
+                let at = self.live.recheck_at(sent_at, e.acks[i].checks).min(initial);
+                self.schedule(e, id, at.max(now), TimerKind::Ack(token));
+                return;
+            }
+            initial
+        };
+        if due > now {
+            self.schedule(e, id, due, TimerKind::Ack(token));
+            return;
+        }
         let p = e.acks.swap_remove(i);
-        self.stats.ack_timeouts += 1;
-        let n = e.peers.len();
+        let a = Awaited {
+            id,
+            entry_seq: e.seq,
+            token,
+        };
+        self.live.answered(&p.to, &a);
+        self.ack_failed(now, id, e, p, Failure::Timeout);
+    }
+
+    /// A tree send failed: route around the failed node (SPEC 4).
+    fn ack_failed(
+        &mut self,
+        now: Duration,
+        id: MessageId,
+        e: &mut Entry,
+        p: PendingAck,
+        f: Failure,
+    ) {
+        if f == Failure::Timeout {
+            self.stats.ack_timeouts += 1;
+        }
+        if self.live.suspect(p.to, now) {
+            self.stats.suspicions += 1;
+        }
         match self.config.strategy {
             Strategy::Reference => {
-                let level = p.level_or_range.saturating_sub(1);
-                let mut sent = 0;
-                let mut last = None;
-                for offset in [(p.offset + 1) % n, (p.offset + n - 1) % n] {
-                    let Some(to) = e.peers.at_offset(e.my_pos, offset) else {
-                        continue;
-                    };
-                    if to == self.me || last == Some(to) {
-                        continue;
-                    }
-                    last = Some(to);
-                    let m = self.gossip(id, e, level, Route::Resend);
-                    self.send(to, m);
-                    sent += 1;
-                }
-                self.stats.resends += sent;
-                if sent == 0 {
-                    self.stats.give_ups += 1;
-                }
+                self.resend_to_neighbours(id, e, p.offset, p.level_or_range);
             }
             Strategy::Exact => {
-                // The next node of the failed part takes the rest of it.
-                let next = (p.offset + 1) % n.max(1);
-                // A part of length 1 held only the failed node: nothing is left to give up on.
-                if p.level_or_range <= 1 || next == 0 {
+                let len = p.level_or_range as usize;
+                if len <= 1 {
+                    // The part held only the failed node: every node of it failed.
+                    self.stats.give_ups += 1;
                     return;
                 }
-                if p.attempt < self.config.exact_retries {
-                    self.stats.resends += 1;
-                    self.tree_send(now, id, e, next, p.level_or_range - 1, p.attempt + 1);
+                self.stats.resplits += 1;
+                let before = self.stats.gossip_sent;
+                let mut parts = Vec::with_capacity(3);
+                push_split(&mut parts, p.offset + 1, len - 1);
+                for (off, l) in parts {
+                    self.delegate(now, id, e, off, l);
+                }
+                self.stats.resends += self.stats.gossip_sent - before;
+            }
+        }
+    }
+
+    /// The reference strategy's replacement (SPEC 4): the failed target's neighbours at view
+    /// offsets +1 and -1 get the message one level lower, once, with no ACK expected.
+    fn resend_to_neighbours(&mut self, id: MessageId, e: &mut Entry, offset: usize, lor: u32) {
+        let n = e.peers.len();
+        let level = lor.saturating_sub(1);
+        let mut sent = 0;
+        let mut last = None;
+        for off in [(offset + 1) % n, (offset + n - 1) % n] {
+            let Some(to) = e.peers.at_offset(e.my_pos, off) else {
+                continue;
+            };
+            if to == self.me || last == Some(to) {
+                continue;
+            }
+            last = Some(to);
+            let m = self.gossip(id, e, level, Route::Resend);
+            self.send(to, m);
+            sent += 1;
+        }
+        self.stats.resends += sent;
+        if sent == 0 {
+            self.stats.give_ups += 1;
+        }
+    }
+
+    /// Offers the message to a suspected peer instead of a tree copy: a few bytes that find out
+    /// whether it is back; a WANT gets it a leaf copy marked `lor` (deliver, forward nothing).
+    fn probe(&mut self, now: Duration, id: MessageId, e: &mut Entry, to: Address, lor: u32) {
+        if e.offers.iter().any(|o| o.to == to) {
+            return;
+        }
+        self.stats.probes += 1;
+        self.offer(now, id, e, to, OfferKind::Probe { lor }, 0, 1);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn offer(
+        &mut self,
+        now: Duration,
+        id: MessageId,
+        e: &mut Entry,
+        to: Address,
+        kind: OfferKind,
+        offset: usize,
+        span: u32,
+    ) {
+        let token = e.token();
+        e.offers.push(Offer {
+            to,
+            kind,
+            offset,
+            span,
+            token,
+            sent_at: now,
+        });
+        self.live.await_answer(
+            to,
+            Awaited {
+                id,
+                entry_seq: e.seq,
+                token,
+            },
+        );
+        self.send(to, Message::Igyw { id, span });
+        let wait = if self.live.measured() {
+            self.live.deadline(&to)
+        } else {
+            self.config.igyw_timeout
+        };
+        self.schedule(e, id, now.saturating_add(wait), TimerKind::IgywWait(token));
+    }
+
+    /// An offer got no reply or its peer is unreachable.
+    fn offer_failed(&mut self, now: Duration, id: MessageId, e: &mut Entry, o: Offer) {
+        match o.kind {
+            OfferKind::Probe { .. } => {}
+            OfferKind::Chain => {
+                e.igyw.skipped += 1;
+                if e.igyw.skipped > self.config.igyw_skip_limit {
+                    e.igyw.finished = true;
                 } else {
-                    self.stats.give_ups += 1;
+                    e.igyw.offset = o.offset + 1;
+                    self.offer_chain(now, id, e);
+                }
+            }
+            OfferKind::Window => {
+                if o.span > 1 {
+                    self.cover_range(now, id, e, o.offset + 1, o.span as usize - 1);
                 }
             }
         }
@@ -644,10 +944,6 @@ impl Core {
         if red.right() {
             self.ring_push(id, e, false);
         }
-        self.schedule_igyw(now, id, e);
-    }
-
-    fn after_ring(&mut self, now: Duration, id: MessageId, e: &mut Entry) {
         self.schedule_igyw(now, id, e);
     }
 
@@ -688,35 +984,102 @@ impl Core {
         self.send(to, m);
     }
 
-    /// Continues an IGYW chain right away (the node learned the message from the chain).
-    fn start_igyw(&mut self, now: Duration, id: MessageId, e: &mut Entry) {
-        if e.igyw.started {
+    /// The next offer of this node's own clean-up chain, skipping suspected neighbours.
+    fn offer_chain(&mut self, now: Duration, id: MessageId, e: &mut Entry) {
+        let n = e.peers.len();
+        loop {
+            let off = e.igyw.offset;
+            let to = match e.peers.at_offset(e.my_pos, off) {
+                Some(to) if off < n && to != self.me => to,
+                _ => {
+                    e.igyw.finished = true;
+                    return;
+                }
+            };
+            if self.live.is_suspected(&to, now) {
+                e.igyw.skipped += 1;
+                if e.igyw.skipped > self.config.igyw_skip_limit {
+                    e.igyw.finished = true;
+                    return;
+                }
+                e.igyw.offset = off + 1;
+                continue;
+            }
+            // The window never reaches past the end of the view (back to this node).
+            let span = e.igyw.span.min(clamp_u32((n - off) as u64)).max(1);
+            self.offer(now, id, e, to, OfferKind::Chain, off, span);
             return;
         }
-        e.igyw.started = true;
-        self.offer_igyw(now, id, e);
     }
 
-    fn offer_igyw(&mut self, now: Duration, id: MessageId, e: &mut Entry) {
-        let offset = 1 + e.igyw.skipped as usize;
-        let to = match e.peers.at_offset(e.my_pos, offset) {
-            Some(to) if offset < e.peers.len() && to != self.me => to,
-            _ => {
-                e.igyw.finished = true;
-                return;
+    /// Answers for the clean-up window `[0, span)` of this node's view: the rest of it, past
+    /// this node, is offered in three parts at once, each part's first node answering for it.
+    fn cover_window(&mut self, now: Duration, id: MessageId, e: &mut Entry, span: u32) {
+        let n = e.peers.len();
+        let span = span.min(clamp_u32(n as u64));
+        if span <= e.igyw.window {
+            return;
+        }
+        let from = e.igyw.window as usize;
+        e.igyw.window = span;
+        self.cover_range(now, id, e, from, span as usize - from);
+    }
+
+    /// Offers the message to the first node of each third of `[offset, offset + len)`.
+    fn cover_range(
+        &mut self,
+        now: Duration,
+        id: MessageId,
+        e: &mut Entry,
+        offset: usize,
+        len: usize,
+    ) {
+        let mut work = Vec::with_capacity(3);
+        push_split(&mut work, offset, len);
+        while let Some((off, len)) = work.pop() {
+            if len == 0 {
+                continue;
             }
-        };
-        let token = e.token();
-        e.igyw.awaiting = Some((to, token));
-        self.send(to, Message::Igyw { id });
-        let at = now.saturating_add(self.config.igyw_timeout);
-        self.schedule(e, id, at, TimerKind::IgywWait(token));
+            let Some(to) = e.peers.at_offset(e.my_pos, off) else {
+                continue;
+            };
+            if to == self.me {
+                continue;
+            }
+            if self.live.is_suspected(&to, now) {
+                push_split(&mut work, off + 1, len - 1);
+                continue;
+            }
+            self.offer(
+                now,
+                id,
+                e,
+                to,
+                OfferKind::Window,
+                off,
+                clamp_u32(len as u64),
+            );
+        }
     }
 
     /// Drops the payload once no duty can send it again; a later copy brings it back.
     fn release_if_idle(&mut self, e: &mut Entry) {
         if !e.busy() {
             e.payload = Bytes::new();
+        }
+    }
+}
+
+/// Pushes the three consecutive parts of `[offset, offset + len)` (larger first, SPEC 3).
+fn push_split(work: &mut Vec<(usize, usize)>, offset: usize, len: usize) {
+    if len == 0 {
+        return;
+    }
+    let [a, b, c] = tree::exact_parts(len as u64).map(|x| x as usize);
+    // Popped last-in first-out, so push the last part first to send in view order.
+    for (off, l) in [(offset + a + b, c), (offset + a, b), (offset, a)] {
+        if l > 0 {
+            work.push((off, l));
         }
     }
 }

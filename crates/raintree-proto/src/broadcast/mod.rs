@@ -6,6 +6,7 @@
 
 mod config;
 mod engine;
+mod liveness;
 mod rng;
 mod seen;
 #[cfg(test)]
@@ -60,9 +61,9 @@ pub struct Stats {
     pub acks_received: u64,
     /// Tree sends whose ACK did not come in time.
     pub ack_timeouts: u64,
-    /// Replacement sends after ACK timeouts.
+    /// Replacement sends after a failed tree send (ACK timeout or unreachable peer).
     pub resends: u64,
-    /// Failed tree sends with no replacement left.
+    /// Failed tree sends with no node left to take their part.
     pub give_ups: u64,
     /// Redundancy-layer ring pushes sent.
     pub redundancy_sends: u64,
@@ -78,6 +79,16 @@ pub struct Stats {
     pub rejected: u64,
     /// Seen-set entries dropped for capacity before their age limit.
     pub evicted: u64,
+    /// Transport reports of a peer that cannot be reached.
+    pub unreachable: u64,
+    /// Peers newly suspected after a failure (SPEC 4).
+    pub suspicions: u64,
+    /// Tree sends passed over because their target was suspected.
+    pub skips: u64,
+    /// IGYW probes sent to suspected peers.
+    pub probes: u64,
+    /// Failed parts of the exact tree re-split among their remaining nodes.
+    pub resplits: u64,
 }
 
 impl Stats {
@@ -99,6 +110,11 @@ impl Stats {
         self.cleanup_sends += o.cleanup_sends;
         self.rejected += o.rejected;
         self.evicted += o.evicted;
+        self.unreachable += o.unreachable;
+        self.suspicions += o.suspicions;
+        self.skips += o.skips;
+        self.probes += o.probes;
+        self.resplits += o.resplits;
     }
 }
 

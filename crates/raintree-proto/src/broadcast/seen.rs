@@ -13,23 +13,65 @@ use crate::wire::MessageId;
 #[derive(Clone, Debug)]
 pub(crate) struct PendingAck {
     pub to: Address,
-    /// The receiver's offset in this message's view.
+    /// The receiver's offset in this message's view: the first node of the part it owns.
     pub offset: usize,
     pub level_or_range: u32,
-    /// Re-delegations already made for this part (exact strategy).
-    pub attempt: u32,
     pub token: u32,
+    /// When it was sent: the ACK's round trip feeds the deadline estimate.
+    pub sent_at: Duration,
+    /// Deadline checks made while no round trip had been measured yet.
+    pub checks: u32,
+}
+
+/// What an IGYW offer is for, which decides what its answer or silence leads to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OfferKind {
+    /// Liveness probe of a suspected tree target; a WANT gets a leaf copy marked `lor`.
+    Probe { lor: u32 },
+    /// This node's own clean-up chain towards its right (SPEC 6), at view `offset`.
+    Chain,
+    /// Part of a clean-up window this node answers for, at view `offset`.
+    Window,
+}
+
+/// An IGYW offer waiting for its reply.
+#[derive(Clone, Debug)]
+pub(crate) struct Offer {
+    pub to: Address,
+    pub kind: OfferKind,
+    pub offset: usize,
+    pub span: u32,
+    pub token: u32,
+    pub sent_at: Duration,
 }
 
 /// Where this node's IGYW chain for one message stands.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct IgywState {
     pub started: bool,
     pub finished: bool,
-    /// Neighbours skipped so far for lack of a reply.
+    /// Unresponsive neighbours skipped in a row.
     pub skipped: u32,
-    /// The neighbour asked and the token of its reply deadline.
-    pub awaiting: Option<(Address, u32)>,
+    /// The view offset the chain offers to next.
+    pub offset: usize,
+    /// The window the next chain offer hands over: doubles after every WANT, so a long run of
+    /// nodes that missed the message is filled in logarithmic, not linear, time.
+    pub span: u32,
+    /// The largest clean-up window this node has covered (its own view, from itself).
+    pub window: u32,
+}
+
+impl Default for IgywState {
+    fn default() -> Self {
+        IgywState {
+            started: false,
+            finished: false,
+            skipped: 0,
+            offset: 1,
+            span: 1,
+            window: 1,
+        }
+    }
 }
 
 /// Everything a node remembers about one message.
@@ -51,6 +93,8 @@ pub(crate) struct Entry {
     pub ring_right: bool,
     pub igyw: IgywState,
     pub acks: Vec<PendingAck>,
+    /// IGYW offers (chain, window, probes) waiting for their replies.
+    pub offers: Vec<Offer>,
     pub next_token: u32,
     /// The latest deadline of any timer of this message: the entry outlives it.
     pub latest_deadline: Duration,
@@ -72,6 +116,7 @@ impl Entry {
             ring_right: false,
             igyw: IgywState::default(),
             acks: Vec::new(),
+            offers: Vec::new(),
             next_token: 0,
             latest_deadline: Duration::ZERO,
         }
@@ -85,7 +130,9 @@ impl Entry {
 
     /// True while a pending ACK or IGYW step may still need the payload.
     pub fn busy(&self) -> bool {
-        !self.acks.is_empty() || (self.igyw.started && !self.igyw.finished)
+        !self.acks.is_empty()
+            || !self.offers.is_empty()
+            || (self.igyw.started && !self.igyw.finished)
     }
 }
 

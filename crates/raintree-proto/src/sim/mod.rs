@@ -4,15 +4,24 @@
 //! Nodes are addressed by their sorted position; all nodes with a full view share one
 //! `Arc<PeerList>`, and an engine is allocated only when its node first gets an event.
 //!
-//! Several broadcasts (`broadcasts > 1`) run one after another from the same originator, each
-//! starting when the previous one's events (including every timer) are exhausted. Counters
-//! (`sends`, `acks`, `resends`, `igyw`, per-node reads/writes) are totals over all broadcasts;
-//! `covered` is the worst broadcast's coverage and `covered_mean` the mean; `max_hops` and
+//! Several broadcasts (`broadcasts > 1`) run from the same originator: one after another, each
+//! starting when the previous one's events (including every timer) are exhausted, or, with an
+//! `interval`, every `interval` of simulated time whatever is still in flight. Counters (`sends`,
+//! `acks`, `resends`, `igyw`, per-node reads/writes) are totals over all broadcasts; `covered`
+//! is the worst broadcast's coverage and `covered_mean` the mean; `max_hops` and
 //! `time_to_full_ms` are the worst over broadcasts (`time_to_full_ms` is null if any broadcast
-//! never reached every live node); `rmr` is total copies received over total deliveries, minus 1.
+//! never reached every stable node); `rmr` is total copies received over total deliveries,
+//! minus 1. `per_broadcast` has each broadcast's own figures.
+//!
+//! Failures: dead nodes are down for the whole run; with churn, every `churn_period` a fresh
+//! random `churn_percent` of the other nodes is down (a crash: a node coming back starts with a
+//! fresh engine). A message to a down node vanishes (`Failure::Silent`) or, like a killed
+//! process on a live host, is refused: the sender learns it one link latency later
+//! (`Failure::Refused`, fed to [`Engine::peer_unreachable`]).
 
 mod queue;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +32,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::broadcast::{Config, Engine, EngineError, Output, Redundancy, SplitMix64, Stats};
 use crate::peers::{Address, PeerList};
-use crate::wire::{Message, Strategy};
+use crate::wire::{Message, MessageId, Strategy};
 use queue::{EventKind, Queue};
 
 /// Most peer-list entries all partial views together may hold (20 bytes each: 400 MB).
@@ -56,6 +65,25 @@ pub struct SimConfig {
     pub payload_size: usize,
     /// Whether the report lists reads and writes per node.
     pub per_node: bool,
+    /// What a sender sees of a message to a down node.
+    pub failure: Failure,
+    /// Percentage of nodes down in each churn period (never the originator).
+    pub churn_percent: f64,
+    /// Length of a churn period.
+    pub churn_period: Duration,
+    /// Time between broadcast starts; zero runs each after the previous one settles.
+    pub interval: Duration,
+}
+
+/// What a sender sees of a message to a node that is down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Failure {
+    /// The message vanishes: only a deadline tells.
+    #[default]
+    Silent,
+    /// The sender is told one link latency later (connection refused).
+    Refused,
 }
 
 impl Default for SimConfig {
@@ -73,6 +101,10 @@ impl Default for SimConfig {
             originator: 0,
             payload_size: 32,
             per_node: false,
+            failure: Failure::Silent,
+            churn_percent: 0.0,
+            churn_period: Duration::from_secs(1),
+            interval: Duration::ZERO,
         }
     }
 }
@@ -115,6 +147,31 @@ pub struct ReportConfig {
     pub seed: u64,
     /// Originator position.
     pub originator: usize,
+    /// What senders see of messages to down nodes.
+    pub failure: Failure,
+    /// Nodes down per churn period, in percent.
+    pub churn_percent: f64,
+    /// Churn period in milliseconds.
+    pub churn_period_ms: f64,
+    /// Milliseconds between broadcast starts (0: each after the previous settles).
+    pub interval_ms: f64,
+}
+
+/// One broadcast's own figures.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct BroadcastReport {
+    /// Nodes that had the message (the originator included).
+    pub covered: usize,
+    /// Nodes up when it started.
+    pub live: usize,
+    /// Nodes up from its start to its end (its last message anywhere).
+    pub stable: usize,
+    /// Stable nodes that had it.
+    pub stable_covered: usize,
+    /// Payload-bearing messages of this broadcast sent.
+    pub sends: u64,
+    /// Simulated milliseconds until every stable node had it; null if never.
+    pub time_to_full_ms: Option<f64>,
 }
 
 /// What a simulation measured (see the module docs for how broadcasts aggregate).
@@ -158,6 +215,16 @@ pub struct Report {
     pub duplicates: u64,
     /// The settings used.
     pub config: ReportConfig,
+    /// Transport failure signals fed to engines.
+    pub unreachable: u64,
+    /// Tree sends passed over because their target was suspected.
+    pub skips: u64,
+    /// Probes sent to suspected peers.
+    pub probes: u64,
+    /// Failed exact parts re-split among their remaining nodes.
+    pub resplits: u64,
+    /// Each broadcast's own figures, in order.
+    pub per_broadcast: Vec<BroadcastReport>,
     /// Reads and writes per sorted position, when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub per_node: Option<Vec<NodeCounts>>,
@@ -193,6 +260,9 @@ pub enum SimError {
         /// [`PARTIAL_VIEW_ENTRY_LIMIT`].
         limit: u64,
     },
+    /// Churn without an interval between broadcasts or with a zero period never settles.
+    #[error("churn needs a positive churn period and a positive interval between broadcasts")]
+    ChurnNeedsTime,
     /// The engine refused the broadcast.
     #[error("engine: {0}")]
     Engine(#[from] EngineError),
@@ -217,11 +287,15 @@ fn validate(cfg: &SimConfig) -> Result<(), SimError> {
     for (name, value) in [
         ("loss percent", cfg.loss_percent),
         ("dead percent", cfg.dead_percent),
+        ("churn percent", cfg.churn_percent),
         ("partial view percent", cfg.partial_view_percent),
     ] {
         if !(0.0..=100.0).contains(&value) {
             return Err(SimError::BadPercent { name, value });
         }
+    }
+    if cfg.churn_percent > 0.0 && (cfg.interval.is_zero() || cfg.churn_period.is_zero()) {
+        return Err(SimError::ChurnNeedsTime);
     }
     if cfg.partial_view_percent < 100.0 {
         let n = cfg.nodes as f64;
@@ -245,12 +319,16 @@ fn sub_seed(seed: u64, stream: u64) -> u64 {
     SplitMix64::new(seed ^ stream.wrapping_mul(0x9e37_79b9_7f4a_7c15)).next_u64()
 }
 
-/// Per-broadcast progress.
-#[derive(Default)]
-struct Progress {
-    covered: usize,
-    max_hops: u32,
-    full_at: Option<u64>,
+/// One broadcast's progress.
+struct Tracked {
+    start: u64,
+    /// When each node first had it (`u64::MAX`: never).
+    had_at: Vec<u64>,
+    /// The last time any message of it was sent or received.
+    last: u64,
+    sends: u64,
+    /// Nodes up at its start.
+    live: usize,
 }
 
 struct Sim<'a> {
@@ -258,18 +336,28 @@ struct Sim<'a> {
     config: Arc<Config>,
     list: Arc<PeerList>,
     engines: Vec<Option<Box<Engine>>>,
+    /// Engine instances each node has had: a restarted node gets a fresh seed.
+    restarts: Vec<u32>,
     dead: Vec<bool>,
-    live: usize,
+    /// Down for the current churn period.
+    down: Vec<bool>,
+    /// The down set of every churn period so far, for who was up throughout a broadcast.
+    down_history: Vec<Vec<bool>>,
     /// The time of each node's pending timer event (`u64::MAX` for none).
     timer_at: Vec<u64>,
     queue: Queue,
     rng: ChaCha8Rng,
+    churn_rng: ChaCha8Rng,
     now: u64,
     reads: Vec<u32>,
     writes: Vec<u32>,
     copies: u64,
     deliveries: u64,
-    progress: Progress,
+    max_hops: u32,
+    tracked: Vec<Tracked>,
+    by_id: HashMap<MessageId, usize>,
+    /// Engine counters of nodes whose engine was dropped by a crash.
+    crashed_stats: Stats,
 }
 
 impl<'a> Sim<'a> {
@@ -284,24 +372,33 @@ impl<'a> Sim<'a> {
         for &i in picked.iter() {
             dead[i] = true;
         }
-        let live = dead.iter().filter(|d| !**d).count();
         Sim {
             cfg,
             config: Arc::new(cfg.protocol.clone()),
             list,
             engines: (0..n).map(|_| None).collect(),
+            restarts: vec![0; n],
             dead,
-            live,
+            down: vec![false; n],
+            down_history: Vec::new(),
             timer_at: vec![u64::MAX; n],
             queue: Queue::default(),
             rng: ChaCha8Rng::seed_from_u64(sub_seed(cfg.seed, 2)),
+            churn_rng: ChaCha8Rng::seed_from_u64(sub_seed(cfg.seed, 3)),
             now: 0,
             reads: vec![0; n],
             writes: vec![0; n],
             copies: 0,
             deliveries: 0,
-            progress: Progress::default(),
+            max_hops: 0,
+            tracked: Vec::new(),
+            by_id: HashMap::new(),
+            crashed_stats: Stats::default(),
         }
+    }
+
+    fn up(&self, i: usize) -> bool {
+        !self.dead[i] && !self.down[i]
     }
 
     fn view(&self, i: usize) -> Arc<PeerList> {
@@ -324,60 +421,152 @@ impl<'a> Sim<'a> {
             return Ok(e);
         }
         let me = self.list.as_slice()[i];
-        let seed = sub_seed(self.cfg.seed, 1 << 40 | i as u64);
+        let seed = sub_seed(
+            self.cfg.seed,
+            1 << 40 | u64::from(self.restarts[i]) << 32 | i as u64,
+        );
         let e = Engine::with_shared_config(self.config.clone(), me, self.view(i), seed)?;
         Ok(Box::new(e))
     }
 
     fn run(mut self) -> Result<Report, SimError> {
-        let mut covered_min = usize::MAX;
-        let mut covered_sum = 0usize;
-        let mut max_hops = 0;
-        let mut worst_full: Option<f64> = Some(0.0);
-        let payload = Bytes::from(vec![0xabu8; self.cfg.payload_size]);
-        for _ in 0..self.cfg.broadcasts.max(1) {
-            let start = self.now;
-            self.progress = Progress {
-                covered: 1,
-                ..Progress::default()
-            };
-            if self.live == 1 {
-                self.progress.full_at = Some(start);
+        let count = self.cfg.broadcasts.max(1);
+        let interval = nanos(self.cfg.interval);
+        if self.cfg.churn_percent > 0.0 {
+            self.churn(0);
+        }
+        if interval == 0 {
+            for index in 0..count {
+                self.start_broadcast(index)?;
+                self.drain_queue()?;
             }
-            let o = self.cfg.originator;
-            let mut engine = self.take_engine(o)?;
-            let r = engine.broadcast(
-                Duration::from_nanos(self.now),
-                payload.clone(),
-                start / 1000,
-            );
-            self.drain(o, &mut engine);
-            self.engines[o] = Some(engine);
-            r?;
-            while let Some(ev) = self.queue.pop() {
-                self.now = ev.at;
-                match ev.kind {
-                    EventKind::Arrive { from, to, msg } => {
-                        self.arrive(from as usize, to as usize, msg)?
+        } else {
+            for index in 0..count {
+                self.queue
+                    .push(u64::from(index) * interval, EventKind::Broadcast { index });
+            }
+            if self.cfg.churn_percent > 0.0 {
+                self.queue
+                    .push(nanos(self.cfg.churn_period), EventKind::Churn { period: 1 });
+            }
+            self.drain_queue()?;
+        }
+        Ok(self.report())
+    }
+
+    fn drain_queue(&mut self) -> Result<(), SimError> {
+        while let Some(ev) = self.queue.pop() {
+            self.now = ev.at;
+            match ev.kind {
+                EventKind::Arrive { from, to, msg } => {
+                    self.arrive(from as usize, to as usize, msg)?
+                }
+                EventKind::Timer { node } => self.timer(node as usize, ev.at)?,
+                EventKind::Refused { from, to } => self.refused(from as usize, to as usize)?,
+                EventKind::Broadcast { index } => self.start_broadcast(index)?,
+                EventKind::Churn { period } => {
+                    self.churn(period);
+                    // Churn goes on until the last broadcast has had two periods to settle.
+                    let last_start =
+                        u64::from(self.cfg.broadcasts.max(1) - 1) * nanos(self.cfg.interval);
+                    let period_ns = nanos(self.cfg.churn_period);
+                    let next = u64::from(period + 1) * period_ns;
+                    if next <= last_start + 2 * period_ns {
+                        self.queue
+                            .push(next, EventKind::Churn { period: period + 1 });
                     }
-                    EventKind::Timer { node } => self.timer(node as usize, ev.at)?,
                 }
             }
-            covered_min = covered_min.min(self.progress.covered);
-            covered_sum += self.progress.covered;
-            max_hops = max_hops.max(self.progress.max_hops);
-            worst_full = match (worst_full, self.progress.full_at) {
-                (Some(w), Some(at)) => Some(w.max((at - start) as f64 / 1e6)),
-                _ => None,
-            };
         }
-        Ok(self.report(covered_min, covered_sum, max_hops, worst_full))
+        Ok(())
+    }
+
+    fn start_broadcast(&mut self, _index: u32) -> Result<(), SimError> {
+        let o = self.cfg.originator;
+        let n = self.cfg.nodes;
+        let live = (0..n).filter(|&i| self.up(i)).count();
+        let mut engine = self.take_engine(o)?;
+        let payload = Bytes::from(vec![0xabu8; self.cfg.payload_size]);
+        let r = engine.broadcast(Duration::from_nanos(self.now), payload, self.now / 1000);
+        if let Ok(id) = r {
+            let mut had_at = vec![u64::MAX; n];
+            had_at[o] = self.now;
+            self.by_id.insert(id, self.tracked.len());
+            self.tracked.push(Tracked {
+                start: self.now,
+                had_at,
+                last: self.now,
+                sends: 0,
+                live,
+            });
+        }
+        self.drain(o, &mut engine);
+        self.engines[o] = Some(engine);
+        r?;
+        Ok(())
+    }
+
+    /// A fresh random set of nodes is down for churn period `period`; a node going down loses
+    /// its engine (a crash), a node coming up starts a fresh one when it first gets an event.
+    fn churn(&mut self, period: u32) {
+        let n = self.cfg.nodes;
+        let count = ((n as f64) * self.cfg.churn_percent / 100.0).round() as usize;
+        let mut others: Vec<usize> = (0..n).filter(|&i| i != self.cfg.originator).collect();
+        let (picked, _) = others.partial_shuffle(&mut self.churn_rng, count.min(n - 1));
+        let mut down = vec![false; n];
+        for &i in picked.iter() {
+            down[i] = true;
+        }
+        for (i, &d) in down.iter().enumerate() {
+            if d && !self.down[i] {
+                if let Some(e) = self.engines[i].take() {
+                    self.crashed_stats.add(e.stats());
+                }
+                self.restarts[i] += 1;
+                self.timer_at[i] = u64::MAX;
+            }
+        }
+        self.down = down;
+        let p = period as usize;
+        if self.down_history.len() <= p {
+            self.down_history.resize(p + 1, Vec::new());
+        }
+        self.down_history[p] = self.down.clone();
+    }
+
+    /// Marks activity of the broadcast a message belongs to.
+    fn touch(&mut self, msg: &Message, sent: bool) {
+        let id = match msg {
+            Message::Gossip(g) => g.id,
+            Message::Ack { id, .. } | Message::Igyw { id, .. } | Message::IgywReply { id, .. } => {
+                *id
+            }
+            _ => return,
+        };
+        if let Some(&b) = self.by_id.get(&id) {
+            let t = &mut self.tracked[b];
+            t.last = t.last.max(self.now);
+            if sent && matches!(msg, Message::Gossip(_)) {
+                t.sends += 1;
+            }
+        }
     }
 
     fn arrive(&mut self, from: usize, to: usize, msg: Message) -> Result<(), SimError> {
-        if self.dead[to] {
+        if !self.up(to) {
+            if self.cfg.failure == Failure::Refused {
+                let at = self.now + self.link_delay();
+                self.queue.push(
+                    at,
+                    EventKind::Refused {
+                        from: from as u32,
+                        to: to as u32,
+                    },
+                );
+            }
             return Ok(());
         }
+        self.touch(&msg, false);
         if matches!(msg, Message::Gossip(_) | Message::Direct { .. }) {
             self.reads[to] += 1;
             self.copies += 1;
@@ -391,8 +580,20 @@ impl<'a> Sim<'a> {
         Ok(())
     }
 
+    fn refused(&mut self, from: usize, to: usize) -> Result<(), SimError> {
+        if !self.up(from) {
+            return Ok(());
+        }
+        let mut engine = self.take_engine(from)?;
+        let to_addr = self.list.as_slice()[to];
+        engine.peer_unreachable(Duration::from_nanos(self.now), to_addr);
+        self.drain(from, &mut engine);
+        self.engines[from] = Some(engine);
+        Ok(())
+    }
+
     fn timer(&mut self, node: usize, at: u64) -> Result<(), SimError> {
-        if self.timer_at[node] != at {
+        if self.timer_at[node] != at || !self.up(node) {
             return Ok(());
         }
         self.timer_at[node] = u64::MAX;
@@ -407,13 +608,12 @@ impl<'a> Sim<'a> {
         while let Some(out) = engine.poll_output() {
             match out {
                 Output::Send { to, message } => self.send(i, to, message),
-                Output::Deliver { hops, .. } => {
+                Output::Deliver { id, hops, .. } => {
                     self.deliveries += 1;
-                    let p = &mut self.progress;
-                    p.covered += 1;
-                    p.max_hops = p.max_hops.max(hops);
-                    if p.covered == self.live && p.full_at.is_none() {
-                        p.full_at = Some(self.now);
+                    self.max_hops = self.max_hops.max(hops);
+                    if let Some(&b) = self.by_id.get(&id) {
+                        let t = &mut self.tracked[b];
+                        t.had_at[i] = t.had_at[i].min(self.now);
                     }
                 }
             }
@@ -427,23 +627,28 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn send(&mut self, from: usize, to: Address, msg: Message) {
-        let Some(j) = self.list.position(&to) else {
-            return;
-        };
-        if matches!(msg, Message::Gossip(_) | Message::Direct { .. }) {
-            self.writes[from] += 1;
-        }
-        if self.cfg.loss_percent > 0.0 && self.rng.gen::<f64>() * 100.0 < self.cfg.loss_percent {
-            return;
-        }
+    fn link_delay(&mut self) -> u64 {
         let jitter = nanos(self.cfg.jitter);
         let extra = if jitter > 0 {
             self.rng.gen_range(0..=jitter)
         } else {
             0
         };
-        let at = self.now + nanos(self.cfg.latency) + extra;
+        nanos(self.cfg.latency) + extra
+    }
+
+    fn send(&mut self, from: usize, to: Address, msg: Message) {
+        let Some(j) = self.list.position(&to) else {
+            return;
+        };
+        self.touch(&msg, true);
+        if matches!(msg, Message::Gossip(_) | Message::Direct { .. }) {
+            self.writes[from] += 1;
+        }
+        if self.cfg.loss_percent > 0.0 && self.rng.gen::<f64>() * 100.0 < self.cfg.loss_percent {
+            return;
+        }
+        let at = self.now + self.link_delay();
         self.queue.push(
             at,
             EventKind::Arrive {
@@ -454,17 +659,51 @@ impl<'a> Sim<'a> {
         );
     }
 
-    fn report(
-        &self,
-        covered_min: usize,
-        covered_sum: usize,
-        max_hops: u32,
-        time_to_full_ms: Option<f64>,
-    ) -> Report {
-        let mut s = Stats::default();
+    /// Whether node `i` was up for all of `[start, end]`.
+    fn stable(&self, i: usize, start: u64, end: u64) -> bool {
+        if self.dead[i] {
+            return false;
+        }
+        let period = nanos(self.cfg.churn_period).max(1);
+        let (first, last) = ((start / period) as usize, (end / period) as usize);
+        (first..=last).all(|p| {
+            // Past the last churn period the last down set stays in force.
+            let set = self.down_history.get(p).or(self.down_history.last());
+            set.is_none_or(|d| !d[i])
+        })
+    }
+
+    fn broadcast_report(&self, t: &Tracked) -> BroadcastReport {
+        let n = self.cfg.nodes;
+        let had = |i: usize| t.had_at[i] != u64::MAX;
+        let stable: Vec<usize> = (0..n)
+            .filter(|&i| self.stable(i, t.start, t.last))
+            .collect();
+        let stable_covered = stable.iter().filter(|&&i| had(i)).count();
+        let time_to_full_ms = (stable_covered == stable.len()).then(|| {
+            let full = stable.iter().map(|&i| t.had_at[i]).max().unwrap_or(t.start);
+            (full - t.start) as f64 / 1e6
+        });
+        BroadcastReport {
+            covered: (0..n).filter(|&i| had(i)).count(),
+            live: t.live,
+            stable: stable.len(),
+            stable_covered,
+            sends: t.sends,
+            time_to_full_ms,
+        }
+    }
+
+    fn report(&self) -> Report {
+        let mut s = self.crashed_stats.clone();
         for e in self.engines.iter().flatten() {
             s.add(e.stats());
         }
+        let per_broadcast: Vec<BroadcastReport> = self
+            .tracked
+            .iter()
+            .map(|t| self.broadcast_report(t))
+            .collect();
         let b = self.cfg.broadcasts.max(1);
         let c = self.cfg;
         let rmr = if self.deliveries == 0 {
@@ -472,20 +711,26 @@ impl<'a> Sim<'a> {
         } else {
             self.copies as f64 / self.deliveries as f64 - 1.0
         };
+        let covered = per_broadcast.iter().map(|r| r.covered).min().unwrap_or(0);
+        let covered_sum: usize = per_broadcast.iter().map(|r| r.covered).sum();
+        let time_to_full_ms = per_broadcast
+            .iter()
+            .try_fold(0.0f64, |w, r| r.time_to_full_ms.map(|t| w.max(t)));
+        let live = (0..c.nodes).filter(|&i| !self.dead[i]).count();
         Report {
             nodes: c.nodes,
-            live: self.live,
-            covered: covered_min,
+            live,
+            covered,
             sends: s.gossip_sent,
             acks: s.acks_sent,
             resends: s.resends,
             igyw: s.igyw_sent,
-            max_hops,
+            max_hops: self.max_hops,
             rmr,
             time_to_full_ms,
             broadcasts: b,
             covered_mean: covered_sum as f64 / f64::from(b),
-            dead: c.nodes - self.live,
+            dead: c.nodes - live,
             ack_timeouts: s.ack_timeouts,
             give_ups: s.give_ups,
             redundancy_sends: s.redundancy_sends,
@@ -504,7 +749,16 @@ impl<'a> Sim<'a> {
                 jitter_ms: c.jitter.as_secs_f64() * 1e3,
                 seed: c.seed,
                 originator: c.originator,
+                failure: c.failure,
+                churn_percent: c.churn_percent,
+                churn_period_ms: c.churn_period.as_secs_f64() * 1e3,
+                interval_ms: c.interval.as_secs_f64() * 1e3,
             },
+            unreachable: s.unreachable,
+            skips: s.skips,
+            probes: s.probes,
+            resplits: s.resplits,
+            per_broadcast,
             per_node: c.per_node.then(|| {
                 (0..c.nodes)
                     .map(|i| NodeCounts {

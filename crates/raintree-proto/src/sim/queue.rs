@@ -12,6 +12,12 @@ pub(crate) enum EventKind {
     Arrive { from: u32, to: u32, msg: Message },
     /// Node `node`'s engine asked to be woken now.
     Timer { node: u32 },
+    /// Node `from` learns that its message to `to` was refused (`to` is down).
+    Refused { from: u32, to: u32 },
+    /// Broadcast number `index` starts at the originator.
+    Broadcast { index: u32 },
+    /// Churn period `period` starts: a fresh set of nodes is down.
+    Churn { period: u32 },
 }
 
 #[derive(Debug)]

@@ -1,5 +1,6 @@
 //! The node's single driver task: the only owner of the protocol engine.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use raintree_proto::broadcast::{Engine, Output, Stats};
@@ -21,34 +22,53 @@ pub(super) struct Driver {
     pub metrics: NodeMetrics,
     pub stats: watch::Sender<Stats>,
     pub stop: CancellationToken,
+    /// Payload bytes of accepted deliveries held for a slow application before the node
+    /// stops reading from the network.
+    pub delivery_buffer_bytes: usize,
 }
 
 impl Driver {
     pub async fn run(mut self) {
         let start = Instant::now();
         let mut last = Stats::default();
+        let mut waiting = DeliveryBuffer::default();
+        // A handle of its own, so waiting for room does not borrow the driver.
+        let deliveries = self.deliveries.clone();
         loop {
+            // Overdue timers first on every turn, so a steady stream of events cannot delay
+            // ACK deadlines or clean-up offers.
+            let now = start.elapsed();
+            if self.engine.poll_timeout().is_some_and(|t| t <= now) {
+                self.engine.handle_timeout(now);
+            }
+            // Publish the step's counters before its outputs leave, so anyone who sees an
+            // effect of this step (a delivery downstream) also sees the counters behind it.
+            let stats = self.engine.stats();
+            self.metrics.sync(&mut last, stats);
+            self.stats.send_replace(stats.clone());
+            self.flush(&mut waiting);
+            waiting.push_ready(&deliveries);
+            // Past the byte bound the node stops reading the network (peers see backpressure),
+            // but its timers, ACK deadlines and commands still run.
+            let reading = waiting.bytes <= self.delivery_buffer_bytes;
             let deadline = self.engine.poll_timeout().map(|d| start + d);
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => break,
+                _ = sleep_until(deadline) => {}
+                permit = deliveries.reserve(), if !waiting.is_empty() => match permit {
+                    Ok(permit) => waiting.send_one(permit),
+                    // The application dropped its stream: nobody will read these.
+                    Err(_) => waiting.clear(),
+                },
                 cmd = self.commands.recv() => match cmd {
                     Some(cmd) => self.command(start.elapsed(), cmd),
                     None => break,
                 },
-                ev = self.events.recv() => match ev {
+                ev = self.events.recv(), if reading => match ev {
                     Some(ev) => self.event(start.elapsed(), ev),
                     None => break,
                 },
-                _ = sleep_until(deadline) => self.engine.handle_timeout(start.elapsed()),
-            }
-            // Publish the step's counters before its outputs leave, so anyone who sees an
-            // effect of this step (a delivery downstream) also sees the counters behind it.
-            let now = self.engine.stats();
-            self.metrics.sync(&mut last, now);
-            self.stats.send_replace(now.clone());
-            if !self.flush().await {
-                break;
             }
         }
     }
@@ -94,8 +114,12 @@ impl Driver {
             Event::ConnectionUp { peer, inbound } => {
                 tracing::debug!(%peer, inbound, "connection up");
             }
-            Event::ConnectionDown { peer, reason } => {
-                tracing::debug!(%peer, %reason, "connection down");
+            Event::ConnectionDown { peer, reason, lost } => {
+                tracing::debug!(%peer, %reason, lost, "connection down");
+                if lost {
+                    // Sends awaiting this peer's answer fail now instead of at their deadline.
+                    self.engine.peer_unreachable(now, peer);
+                }
             }
             Event::Refused { remote, reason } => {
                 tracing::info!(%remote, ?reason, "connection refused");
@@ -103,10 +127,9 @@ impl Driver {
         }
     }
 
-    /// Hands every pending engine output to the transport or the application.
-    /// Returns false when the application has dropped its delivery stream's receiver
-    /// and the node has been told to stop.
-    async fn flush(&mut self) -> bool {
+    /// Hands every pending engine output to the transport, and deliveries to the buffer that
+    /// feeds the application: never waits, so the protocol never waits on the application.
+    fn flush(&mut self, waiting: &mut DeliveryBuffer) {
         while let Some(out) = self.engine.poll_output() {
             match out {
                 Output::Send { to, message } => self.transport.write(to, message),
@@ -121,23 +144,59 @@ impl Driver {
                         self.metrics
                             .observe_latency((now - origin_time_us) as f64 / 1_000_000.0);
                     }
-                    let d = Delivery {
+                    waiting.push(Delivery {
                         id,
                         payload,
                         origin_time_us,
                         hops,
-                    };
-                    // Backpressure: a full delivery queue pauses the protocol until the
-                    // application reads; a dropped receiver just discards deliveries.
-                    tokio::select! {
-                        biased;
-                        _ = self.stop.cancelled() => return false,
-                        _ = self.deliveries.send(d) => {}
-                    }
+                    });
                 }
             }
         }
-        true
+    }
+}
+
+/// Deliveries accepted by the protocol that the application has not taken yet, in order.
+#[derive(Default)]
+struct DeliveryBuffer {
+    queue: VecDeque<Delivery>,
+    bytes: usize,
+}
+
+impl DeliveryBuffer {
+    fn push(&mut self, d: Delivery) {
+        self.bytes += d.payload.len();
+        self.queue.push_back(d);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.queue.clear();
+        self.bytes = 0;
+    }
+
+    fn send_one(&mut self, permit: mpsc::Permit<'_, Delivery>) {
+        if let Some(d) = self.queue.pop_front() {
+            self.bytes -= d.payload.len();
+            permit.send(d);
+        }
+    }
+
+    /// Moves deliveries into the application's channel while it has room.
+    fn push_ready(&mut self, tx: &mpsc::Sender<Delivery>) {
+        while !self.queue.is_empty() {
+            match tx.try_reserve() {
+                Ok(permit) => self.send_one(permit),
+                Err(mpsc::error::TrySendError::Full(())) => return,
+                Err(mpsc::error::TrySendError::Closed(())) => {
+                    self.clear();
+                    return;
+                }
+            }
+        }
     }
 }
 

@@ -45,8 +45,12 @@ pub struct NodeConfig {
     pub peers: Vec<PeerEntry>,
     /// Protocol settings: strategy, ACKs, redundancy, clean-up, seen-set.
     pub protocol: broadcast::Config,
-    /// Deliveries buffered for the application before the node waits for it to read.
+    /// Deliveries the application's stream holds.
     pub delivery_capacity: usize,
+    /// Payload bytes of further deliveries the node holds for a slow application while the
+    /// protocol (ACKs, forwarding, timers) carries on; past it the node stops reading from the
+    /// network until the application catches up.
+    pub delivery_buffer_bytes: usize,
     /// Incoming requests buffered for the application; past this they are refused.
     pub request_capacity: usize,
 }
@@ -60,6 +64,7 @@ impl NodeConfig {
             peers,
             protocol: broadcast::Config::default(),
             delivery_capacity: 4096,
+            delivery_buffer_bytes: 64 * 1024 * 1024,
             request_capacity: 1024,
         }
     }
@@ -150,6 +155,7 @@ impl Node {
             peers,
             protocol,
             delivery_capacity,
+            delivery_buffer_bytes,
             request_capacity,
         } = config;
         let address = identity.address();
@@ -183,6 +189,7 @@ impl Node {
             metrics: node_metrics,
             stats: stats_tx,
             stop: stop.clone(),
+            delivery_buffer_bytes,
         };
         let handle = tokio::spawn(driver.run());
         let node = Node {
@@ -308,6 +315,12 @@ impl Node {
     /// The protocol engine's counters as of its last step.
     pub fn stats(&self) -> Stats {
         self.inner.stats.borrow().clone()
+    }
+
+    /// The engine's counters, updated after every protocol step: wait on it with
+    /// `wait_for` instead of polling [`Node::stats`].
+    pub fn stats_watch(&self) -> watch::Receiver<Stats> {
+        self.inner.stats.clone()
     }
 
     /// Prometheus text exposition of every node and transport metric.

@@ -87,16 +87,20 @@ pub(crate) async fn run(
         conn: &conn,
         events: &events,
     };
-    let reason = match read_loop(ctx, opener, reader, &abort, &write_done, &activity).await {
+    let (reason, lost) = match read_loop(ctx, opener, reader, &abort, &write_done, &activity).await
+    {
         Ok(remote) => match conn.why.get() {
-            Some(&local) if local != PEER_GOODBYE => local.to_string(),
-            _ => remote,
+            Some(&local) if local != PEER_GOODBYE => (local.to_string(), local == "write failed"),
+            _ => {
+                let lost = remote_lost(&remote);
+                (remote, lost)
+            }
         },
         Err(e) => {
             inner.metrics.frame_error(e.label());
             tracing::warn!(peer = %peer.address, error = %e, "connection closed on bad input");
             abort.cancel();
-            format!("error: {e}")
+            (format!("error: {e}"), true)
         }
     };
     inner.detach(&peer, conn.id);
@@ -112,6 +116,7 @@ pub(crate) async fn run(
             Event::ConnectionDown {
                 peer: peer.address,
                 reason,
+                lost,
             },
         )
         .await;
@@ -119,6 +124,15 @@ pub(crate) async fn run(
 
 /// The close reason recorded when the peer said Goodbye first.
 const PEER_GOODBYE: &str = "peer goodbye";
+
+/// The reader's end, when the peer ended the connection: the peer is gone unless its Goodbye
+/// gave an ordinary reason (an idle or duplicate connection closed while it lives on).
+fn remote_lost(remote: &str) -> bool {
+    match remote.strip_prefix("goodbye: ") {
+        Some(why) => !matches!(why, "idle" | "duplicate" | "replaced" | "peer removed"),
+        None => remote != "aborted" && remote != "peer did not close",
+    }
+}
 
 /// What the reader needs besides its stream.
 #[derive(Clone, Copy)]

@@ -221,6 +221,11 @@ pub enum Event {
         peer: Address,
         /// Why.
         reason: String,
+        /// True when the peer is gone or failing (dial failed, reset, end of stream without
+        /// Goodbye, bad input, or its Goodbye says it is shutting down); false when the close
+        /// was an ordinary decision (idle, duplicate or replaced connection, peer removed, our
+        /// own shutdown), after which the peer is still reachable.
+        lost: bool,
     },
     /// An inbound connection was refused.
     Refused {

@@ -523,6 +523,7 @@ impl Inner {
                 self.emit(Event::ConnectionDown {
                     peer: peer.address,
                     reason,
+                    lost: true,
                 })
                 .await;
             }
