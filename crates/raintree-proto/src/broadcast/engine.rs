@@ -418,6 +418,13 @@ impl Engine {
         // nodes past it in the window may still miss it.
         if let Some(e) = self.seen.get_mut(&id) {
             self.core.cover_window(now, id, e, span);
+            // A holder whose own chain never started (it was filled by clean-up) takes over
+            // past its window: a chain that stops at this HAVE must not leave the ring beyond.
+            if self.core.config.cleanup && !e.igyw.started {
+                e.igyw.started = true;
+                e.igyw.offset = e.igyw.window.max(1) as usize;
+                self.core.offer_chain(now, id, e);
+            }
             self.core.release_if_idle(e);
         }
     }

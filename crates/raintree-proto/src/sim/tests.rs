@@ -164,3 +164,98 @@ fn broadcasts_aggregate() {
     assert_eq!(three.covered_mean, 81.0);
     assert_eq!(three.broadcasts, 3);
 }
+
+fn failing(c: &mut SimConfig, dead: f64, failure: Failure) {
+    exact(c);
+    c.dead_percent = dead;
+    c.failure = failure;
+    c.broadcasts = 4;
+}
+
+#[test]
+fn exact_covers_every_live_node_and_later_broadcasts_skip_the_dead() {
+    let clean = sim(600, |c| failing(c, 0.0, Failure::Silent));
+    let base = clean.per_broadcast[1].time_to_full_ms.unwrap();
+    for dead in [10.0, 30.0] {
+        let r = sim(600, |c| failing(c, dead, Failure::Silent));
+        for b in &r.per_broadcast {
+            assert_eq!(b.stable_covered, b.stable, "dead {dead}%");
+        }
+        // The first broadcast learns who is dead; the others pass them over, no deadline paid.
+        let first_timeouts = r.ack_timeouts;
+        assert!(r.skips > 0 && r.probes == r.skips);
+        for b in &r.per_broadcast[1..] {
+            assert!(
+                b.time_to_full_ms.unwrap() <= 2.0 * base,
+                "dead {dead}%: {b:?}"
+            );
+        }
+        assert!(
+            first_timeouts <= r.dead as u64,
+            "dead {dead}%: timeouts only once"
+        );
+    }
+}
+
+#[test]
+fn refused_failures_cost_one_link_latency_not_a_deadline() {
+    let clean = sim(600, |c| failing(c, 0.0, Failure::Refused));
+    let r = sim(600, |c| failing(c, 30.0, Failure::Refused));
+    assert_eq!(r.ack_timeouts, 0);
+    assert!(r.unreachable > 0 && r.resplits > 0);
+    for (b, c) in r.per_broadcast.iter().zip(&clean.per_broadcast) {
+        assert_eq!(b.stable_covered, b.stable);
+        assert!(b.time_to_full_ms.unwrap() <= 2.0 * c.time_to_full_ms.unwrap());
+    }
+}
+
+#[test]
+fn churn_reaches_every_stable_node_and_recovered_nodes_are_used_again() {
+    let r = sim(400, |c| {
+        exact(c);
+        c.churn_percent = 10.0;
+        c.churn_period = Duration::from_millis(500);
+        c.interval = Duration::from_millis(100);
+        c.broadcasts = 30;
+    });
+    assert_eq!(r.per_broadcast.len(), 30);
+    for b in &r.per_broadcast {
+        assert_eq!(b.stable_covered, b.stable, "{b:?}");
+        assert!(b.stable < 400);
+    }
+    // Nodes come back: probes find them, so later broadcasts send them tree copies again.
+    assert!(r.probes > 0);
+    assert!(r.igyw > r.probes / 2);
+}
+
+#[test]
+fn cleanup_fills_long_gaps_in_bounded_time() {
+    // Without ACKs a dead reference node loses its whole subtree: long runs of misses that a
+    // one-node-at-a-time chain would walk for seconds per hundred nodes.
+    let r = sim(2000, |c| {
+        c.protocol.acks = false;
+        c.protocol.cleanup = true;
+        c.dead_percent = 30.0;
+    });
+    assert_eq!(r.covered, r.live);
+    let delay = c_ms(&SimConfig::default().protocol.cleanup_delay);
+    // Delay, then windows doubling: far fewer than one round trip per missed node.
+    let t = r.time_to_full_ms.unwrap();
+    assert!(t < delay + 3000.0, "time to full {t} ms");
+}
+
+fn c_ms(d: &Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+#[test]
+fn churn_needs_an_interval() {
+    let mut c = SimConfig {
+        nodes: 10,
+        churn_percent: 10.0,
+        ..SimConfig::default()
+    };
+    assert_eq!(run(&c).unwrap_err(), SimError::ChurnNeedsTime);
+    c.interval = Duration::from_millis(10);
+    assert!(run(&c).is_ok());
+}
