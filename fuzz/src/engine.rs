@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use arbitrary::Unstructured;
 use bytes::Bytes;
-use raintree_proto::broadcast::{Config, Engine, EngineError, Output, Redundancy};
+use raintree_proto::broadcast::{Config, Engine, EngineError, Output, Redundancy, Stats};
 use raintree_proto::wire::{self, Message, MessageId, Strategy};
 use raintree_proto::{Address, PeerList};
 
@@ -274,6 +274,12 @@ struct Net {
 
 /// Runs one input.
 pub fn run(data: &[u8]) {
+    simulate(data);
+}
+
+/// Runs one input and returns each engine's counters at the end, so tests can tell what a
+/// seed reaches.
+pub fn simulate(data: &[u8]) -> Vec<Stats> {
     let mut u = Unstructured::new(data);
     let h = Header::read(&mut u);
     let cfg = h.config();
@@ -309,6 +315,7 @@ pub fn run(data: &[u8]) {
         net.op(&mut u);
         net.check_remembered();
     }
+    net.nodes.iter().map(|n| n.engine.stats().clone()).collect()
 }
 
 impl Net {

@@ -416,22 +416,19 @@ fn engine_seeds(out: &mut Vec<Seed>) {
         "cleanup-igyw-replies",
         header(0b1_0011),
         &[
-            bcast(0),
-            Advance(201),
-            Inject {
-                node: 0,
-                from: 1,
-                msg: MsgSpec::IgywReply(IdSpec::Known(0), true),
-            },
-            Inject {
-                node: 0,
-                from: 2,
-                msg: MsgSpec::IgywReply(IdSpec::Known(0), false),
-            },
-            Advance(101),
-            Advance(101),
-            DeliverAll,
-        ],
+            vec![bcast(0), Advance(201)],
+            // Only the neighbour offered to may answer; which one that is depends on the
+            // sorted addresses, so every peer answers WANT.
+            (1..5)
+                .map(|from| Inject {
+                    node: 0,
+                    from,
+                    msg: MsgSpec::IgywReply(IdSpec::Known(0), true),
+                })
+                .collect(),
+            vec![Advance(101), Advance(101), DeliverAll],
+        ]
+        .concat(),
     );
     add(
         "injected-acks-and-range-inflation",
@@ -543,7 +540,7 @@ fn engine_seeds(out: &mut Vec<Seed>) {
             Inject {
                 node: 0,
                 from: 1,
-                msg: MsgSpec::Direct(IdSpec::New(1, 3), (200, 1)),
+                msg: MsgSpec::Direct(IdSpec::New(1, 3), (70, 1)),
             },
             Broadcast {
                 node: 0,
@@ -582,6 +579,43 @@ pub fn strict_repros() -> Vec<Seed> {
                         from: 1,
                         msg: MsgSpec::Direct(IdSpec::New(1, 1), (1, 1)),
                     },
+                ],
+            ),
+        ),
+        (
+            // Redundancy on both sides, a seen-set of one id, two broadcasts at once: the ring
+            // copies evict each other and go round for ever (the target's step cap ends it).
+            "engine",
+            "ring-livelock-capacity-one".into(),
+            engine::encode(
+                &Header {
+                    flags: 0b1100,
+                    engines: 2,
+                    extra: 0,
+                    capacity: 1,
+                    ttl_ms: 60_000,
+                    ..header(0)
+                },
+                &[
+                    Broadcast {
+                        node: 0,
+                        len: 1,
+                        fill: 0,
+                    },
+                    Broadcast {
+                        node: 1,
+                        len: 1,
+                        fill: 0,
+                    },
+                    DeliverAll,
+                    DeliverAll,
+                    DeliverAll,
+                    DeliverAll,
+                    DeliverAll,
+                    DeliverAll,
+                    DeliverAll,
+                    DeliverAll,
+                    DeliverAll,
                 ],
             ),
         ),
