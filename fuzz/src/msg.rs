@@ -48,7 +48,10 @@ pub fn message(u: &mut Unstructured<'_>, ctx: &Ctx<'_>) -> Message {
             id: id(u, ctx),
             level_or_range: lor(u),
         },
-        2 => Message::Igyw { id: id(u, ctx) },
+        2 => Message::Igyw {
+            id: id(u, ctx),
+            span: u32::from(byte(u) % 40),
+        },
         3 => Message::IgywReply {
             id: id(u, ctx),
             want: byte(u) & 1 == 1,

@@ -73,7 +73,7 @@ fn sample_messages() -> Vec<(&'static str, Message)> {
                 level_or_range: 2,
             },
         ),
-        ("igyw", Message::Igyw { id }),
+        ("igyw", Message::Igyw { id, span: 0 }),
         ("igyw-reply-want", Message::IgywReply { id, want: true }),
         (
             "request",
