@@ -51,6 +51,9 @@ fn small_localnet_covers_every_node_and_reports_the_contract_keys() {
         "latency_ms",
         "copies_per_delivery",
         "bytes_per_broadcast",
+        "loopback_bytes_per_broadcast",
+        "throughput_msgs_per_s",
+        "cpu_ms_per_broadcast",
         "resends",
         "failed_nodes",
     ] {
@@ -69,6 +72,41 @@ fn small_localnet_covers_every_node_and_reports_the_contract_keys() {
         "{r}"
     );
     assert!(r["latency_ms"]["max"].as_f64().unwrap() > 0.0);
+    assert!(r["throughput_msgs_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    // Six processes did at least some work for six broadcasts.
+    assert!(r["cpu_ms_per_broadcast"].as_f64().unwrap() >= 0.0, "{r}");
+    // The loopback carries at least the transport's frames (plus encryption and headers).
+    let lo = r["loopback_bytes_per_broadcast"].as_f64().unwrap();
+    assert!(lo >= r["bytes_per_broadcast"].as_f64().unwrap(), "{r}");
+}
+
+#[test]
+fn nodes_killed_during_the_run_are_told_apart_and_not_counted_as_receivers() {
+    // 5 broadcasts a second: the kill at 300 ms lands between the second and the third.
+    let r = localnet_json(&[
+        "--nodes",
+        "9",
+        "--messages",
+        "5",
+        "--rate",
+        "5",
+        "--kill",
+        "30",
+        "--kill-after-ms",
+        "300",
+        "--cleanup",
+        "on",
+        "--ack-timeout-ms",
+        "200",
+    ]);
+    assert_eq!(r["killed_before"], 0, "{r}");
+    assert_eq!(r["killed_during"], 2, "{r}");
+    assert_eq!(r["kill_after_ms"], 300, "{r}");
+    assert_eq!(r["live"], 7, "{r}");
+    // Coverage is of the nodes alive at the end; ACK timeouts route around the dead.
+    assert_eq!(r["coverage"], 1.0, "{r}");
+    assert_eq!(r["complete_messages"], 5, "{r}");
+    assert_eq!(r["failed_nodes"].as_array().unwrap().len(), 0, "{r}");
 }
 
 #[test]
@@ -86,6 +124,8 @@ fn killed_nodes_are_routed_around_with_acks_and_cleanup() {
         "200",
     ]);
     assert_eq!(r["live"], 7);
+    assert_eq!(r["killed_before"], 2, "{r}");
+    assert_eq!(r["killed_during"], 0, "{r}");
     assert_eq!(r["coverage"], 1.0, "{r}");
 }
 

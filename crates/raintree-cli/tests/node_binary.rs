@@ -92,6 +92,33 @@ async fn node_serves_health_metrics_broadcast_and_shuts_down() {
     assert!(metrics.contains("raintree_broadcast_latency_seconds"));
     assert!(metrics.contains("raintree_transport_open_connections"));
 
+    // The typed counters agree with the text exposition.
+    let stats: serde_json::Value = http
+        .get(format!("http://{admin}/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["engine"]["broadcasts"], 1, "{stats}");
+    assert_eq!(stats["engine"]["deliveries"], 0, "{stats}");
+    assert_eq!(
+        stats["transport"]["bytes_sent"], 0,
+        "no peer, nothing sent: {stats}"
+    );
+    assert_eq!(stats["last_seq"], 0, "{stats}");
+    // A node alone delivers nothing: the cursor answers an empty page.
+    let page: Vec<serde_json::Value> = http
+        .get(format!("http://{admin}/deliveries?after=0"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(page.is_empty());
+
     let s = http
         .post(format!("http://{admin}/shutdown"))
         .send()
