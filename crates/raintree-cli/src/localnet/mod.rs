@@ -2,12 +2,13 @@
 //! other, with a coverage / latency / cost report.
 //!
 //! `fleet` owns the processes, `collect` talks to their admin endpoints, `procfs` reads CPU and
-//! loopback counters, `report` computes the figures.
+//! loopback counters, `report` computes the figures, `prometheus` runs and checks a real
+//! Prometheus.
 
 mod collect;
 mod fleet;
 mod procfs;
-pub mod prometheus;
+mod prometheus;
 mod report;
 
 use std::collections::{HashMap, HashSet};
@@ -26,6 +27,7 @@ use crate::cmd_sim::OnOff;
 use crate::node_config::{FileConfig, PeerConfig};
 use collect::{Admin, Deliveries, MsgKey, NodeStats};
 use fleet::Fleet;
+use prometheus::{PromCheck, Prometheus};
 use report::{FailedNode, Report, RunData, Sent, Settings};
 
 /// `raintree localnet` options.
@@ -78,6 +80,10 @@ pub struct LocalnetArgs {
     /// Print one JSON object instead of the readable report.
     #[arg(long)]
     pub json: bool,
+    /// Run a Prometheus server (the `prometheus` binary) scraping every node, and fail unless
+    /// its PromQL totals agree with the report.
+    #[arg(long)]
+    pub prometheus: bool,
 }
 
 /// Runs the LocalNet and prints its report; Ctrl-C kills every node before returning.
@@ -101,7 +107,7 @@ pub async fn run(args: LocalnetArgs) -> Result<(), String> {
         _ = tokio::signal::ctrl_c() => Err("interrupted: every node was stopped".to_string()),
     };
     fleet.kill_all().await;
-    let run = outcome?;
+    let (run, prom) = outcome?;
     let settings = Settings {
         size: args.size,
         strategy: args.strategy,
@@ -110,7 +116,15 @@ pub async fn run(args: LocalnetArgs) -> Result<(), String> {
         cleanup: args.cleanup.on(),
         kill_after_ms: args.kill_after_ms,
     };
-    let report = Report::new(run, &settings, started.elapsed().as_secs_f64());
+    let mut report = Report::new(run, &settings, started.elapsed().as_secs_f64());
+    let prom_error = match prom {
+        Some(Ok(p)) => {
+            report.prometheus = Some(p);
+            None
+        }
+        Some(Err(e)) => Some(e),
+        None => None,
+    };
     if args.json {
         println!(
             "{}",
@@ -119,7 +133,10 @@ pub async fn run(args: LocalnetArgs) -> Result<(), String> {
     } else {
         report.print();
     }
-    Ok(())
+    match prom_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// What the kill during the run left behind for the report.
@@ -129,7 +146,10 @@ struct Killed {
     last: Vec<(usize, Option<NodeStats>, Option<f64>)>,
 }
 
-async fn drive(args: &LocalnetArgs, fleet: &mut Fleet) -> Result<RunData, String> {
+/// A run's data, and with `--prometheus` Prometheus's agreeing totals or the disagreement.
+type Outcome = (RunData, Option<Result<PromCheck, String>>);
+
+async fn drive(args: &LocalnetArgs, fleet: &mut Fleet) -> Result<Outcome, String> {
     let n = args.nodes;
     let progress = ProgressBar::new((n + args.messages) as u64);
     progress.set_style(
@@ -184,8 +204,27 @@ async fn drive(args: &LocalnetArgs, fleet: &mut Fleet) -> Result<RunData, String
         .filter(|i| !doomed.contains(i))
         .collect();
 
+    let prom = if args.prometheus {
+        progress.set_message("prometheus");
+        let targets: Vec<_> = ready
+            .iter()
+            .filter_map(|&i| Some((i, fleet.members[i].admin?)))
+            .collect();
+        Some(Prometheus::start(&targets, &prometheus::dir_in(&fleet.dir)).await?)
+    } else {
+        None
+    };
+    let prom_since = unix_secs();
+
     // Counters from here on measure only the broadcasts below, not start-up or warm-up.
-    let baseline = gather_stats(&admin, fleet, &running, &mut Vec::new()).await;
+    let baseline = settle(&admin, fleet, &running, &mut Vec::new()).await;
+    let prom_base = match &prom {
+        Some(p) => {
+            p.wait_scraped_after(&running, unix_secs()).await?;
+            unix_secs()
+        }
+        None => 0.0,
+    };
     let cpu_start: f64 = running.iter().filter_map(|&i| cpu_of(fleet, i)).sum();
     let lo_start = procfs::loopback_tx_bytes();
 
@@ -238,12 +277,32 @@ async fn drive(args: &LocalnetArgs, fleet: &mut Fleet) -> Result<RunData, String
 
     progress.set_message("metrics");
     let end = settle(&admin, fleet, &live, &mut failed).await;
+    let settled = unix_secs();
     let mut per_node: Vec<Option<NodeStats>> = vec![None; n];
+    let mut live_totals = PromCheck::default();
     for &i in &live {
         if let (Some(e), Some(b)) = (end[i], baseline[i]) {
-            per_node[i] = Some(e.minus(&b));
+            let d = e.minus(&b);
+            live_totals.deliveries += d.engine.deliveries;
+            live_totals.bytes_sent += d.transport.bytes_sent;
+            live_totals.resends += d.engine.resends;
+            per_node[i] = Some(d);
         }
     }
+    let prom_check = match prom {
+        Some(p) => {
+            progress.set_message("promql");
+            let check = async {
+                p.wait_scraped_after(&live, settled).await?;
+                let t = p.totals(&live, prom_base, unix_secs(), prom_since).await?;
+                prometheus::compare(&t, &live_totals).map(|()| t)
+            }
+            .await;
+            p.stop().await;
+            Some(check)
+        }
+        None => None,
+    };
     if let Some(k) = &killed {
         for &(i, stats, cpu) in &k.last {
             cpu_ms += cpu.unwrap_or(0.0);
@@ -260,7 +319,7 @@ async fn drive(args: &LocalnetArgs, fleet: &mut Fleet) -> Result<RunData, String
     fleet.wait_stopped(&live, &mut failed).await;
     progress.finish_and_clear();
 
-    Ok(RunData {
+    let run = RunData {
         nodes: n,
         live,
         killed_before,
@@ -272,7 +331,12 @@ async fn drive(args: &LocalnetArgs, fleet: &mut Fleet) -> Result<RunData, String
         loopback_bytes: lo_start.zip(lo_end).map(|(a, b)| b.saturating_sub(a)),
         killed_at_us: killed.map(|k| k.at_us),
         failed,
-    })
+    };
+    Ok((run, prom_check))
+}
+
+fn unix_secs() -> f64 {
+    unix_micros() as f64 / 1e6
 }
 
 /// Writes every node's config (keys sorted by address, so member i is sorted position i) and

@@ -169,6 +169,8 @@ pub struct Report {
     pub throughput_msgs_per_s: f64,
     /// User + system CPU of every node process over the broadcast phase, per broadcast.
     pub cpu_ms_per_broadcast: f64,
+    /// Deliveries counted by the nodes' engines over the broadcast phase.
+    pub deliveries: u64,
     /// Payload copies received per delivery (1.0 = no duplicate).
     pub copies_per_delivery: f64,
     /// Transport bytes sent by all nodes (frames before encryption), per broadcast.
@@ -280,6 +282,7 @@ impl Report {
                 0.0
             },
             cpu_ms_per_broadcast: per_broadcast(run.cpu_ms),
+            deliveries,
             copies_per_delivery: if deliveries > 0 {
                 (deliveries + duplicates) as f64 / deliveries as f64
             } else {
