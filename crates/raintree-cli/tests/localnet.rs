@@ -129,6 +129,75 @@ fn killed_nodes_are_routed_around_with_acks_and_cleanup() {
     assert_eq!(r["coverage"], 1.0, "{r}");
 }
 
+/// `chromium --headless --dump-dom` of a local file, with every network route closed.
+fn chromium_dom(page: &std::path::Path, profile: &std::path::Path) -> String {
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            // The page must need no network: any fetch would fail here.
+            "--proxy-server=127.0.0.1:9",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("chromium runs (install it with `apt-get install -y chromium`)");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The rendered DOM of the figure with id `id`.
+fn figure<'a>(dom: &'a str, id: &str) -> &'a str {
+    let start = dom
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no figure {id}"));
+    let end = dom[start..].find("</figure>").expect("figure closed") + start;
+    &dom[start..end]
+}
+
+#[test]
+fn html_report_renders_in_headless_chromium_with_non_empty_charts() {
+    let dir = std::env::temp_dir().join(format!("raintree-report-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = localnet_json(&[
+        "--nodes",
+        "4",
+        "--messages",
+        "5",
+        "--ack-timeout-ms",
+        "5000",
+        "--report",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(r["coverage"], 1.0, "{r}");
+    let page = dir.join("index.html");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        !html.contains("src=") && !html.contains("href=") && !html.contains("<script"),
+        "the page must be self-contained"
+    );
+    let dom = chromium_dom(&page, &dir.join("chromium-profile"));
+    std::fs::remove_dir_all(&dir).unwrap();
+    for id in ["coverage", "latency-cdf", "copies", "bytes", "tree"] {
+        assert!(figure(&dom, id).contains("<svg"), "{id} has no chart");
+    }
+    // Non-empty: a line per message plus the median; both CDF lines; a bar per node on top of
+    // the background; a dot per node in the tree.
+    assert!(figure(&dom, "coverage").matches("<polyline").count() >= 6);
+    assert!(figure(&dom, "latency-cdf").matches("<polyline").count() >= 2);
+    assert!(figure(&dom, "copies").matches("<rect").count() > 4);
+    assert!(figure(&dom, "bytes").matches("<rect").count() > 4);
+    assert!(figure(&dom, "tree").matches("<circle").count() >= 4);
+}
+
 #[test]
 fn bad_config_names_the_field() {
     let dir = std::env::temp_dir().join(format!("raintree-cfg-test-{}", std::process::id()));

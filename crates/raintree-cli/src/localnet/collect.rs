@@ -207,7 +207,6 @@ pub struct Seen {
     /// Microseconds from origination.
     pub latency_us: u64,
     /// Hops from the originator.
-    #[allow(dead_code)] // read by the HTML report, next
     pub hops: u32,
     /// Delivery time, microseconds since the Unix epoch.
     pub at_us: u64,

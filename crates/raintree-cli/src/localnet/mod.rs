@@ -3,13 +3,15 @@
 //!
 //! `fleet` owns the processes, `collect` talks to their admin endpoints, `procfs` reads CPU and
 //! loopback counters, `report` computes the figures, `prometheus` runs and checks a real
-//! Prometheus.
+//! Prometheus, `html` draws the page of charts (`tree_plan` gives it the planned tree).
 
 mod collect;
 mod fleet;
+mod html;
 mod procfs;
 mod prometheus;
 mod report;
+mod tree_plan;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -80,6 +82,10 @@ pub struct LocalnetArgs {
     /// Print one JSON object instead of the readable report.
     #[arg(long)]
     pub json: bool,
+    /// Write an HTML page with charts (coverage, latency, per-node cost, one broadcast's tree)
+    /// to DIR/index.html.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<std::path::PathBuf>,
     /// Run a Prometheus server (the `prometheus` binary) scraping every node, and fail unless
     /// its PromQL totals agree with the report.
     #[arg(long)]
@@ -116,7 +122,7 @@ pub async fn run(args: LocalnetArgs) -> Result<(), String> {
         cleanup: args.cleanup.on(),
         kill_after_ms: args.kill_after_ms,
     };
-    let mut report = Report::new(run, &settings, started.elapsed().as_secs_f64());
+    let mut report = Report::new(&run, &settings, started.elapsed().as_secs_f64());
     let prom_error = match prom {
         Some(Ok(p)) => {
             report.prometheus = Some(p);
@@ -125,6 +131,14 @@ pub async fn run(args: LocalnetArgs) -> Result<(), String> {
         Some(Err(e)) => Some(e),
         None => None,
     };
+    if let Some(dir) = &args.report {
+        let page = html::PageSettings {
+            strategy: args.strategy,
+            ack_timeout_ms: args.ack_timeout_ms,
+        };
+        let path = html::write(dir, &run, &report, &page)?;
+        eprintln!("raintree: report written to {}", path.display());
+    }
     if args.json {
         println!(
             "{}",
@@ -157,7 +171,7 @@ async fn drive(args: &LocalnetArgs, fleet: &mut Fleet) -> Result<Outcome, String
             .map_err(|e| e.to_string())?
             .progress_chars("=> "),
     );
-    progress.set_message("starting");
+    phase(&progress, "starting");
     start_nodes(args, fleet)?;
 
     let mut failed = Vec::new();
@@ -172,7 +186,7 @@ async fn drive(args: &LocalnetArgs, fleet: &mut Fleet) -> Result<Outcome, String
     }
     let mut deliveries = Deliveries::new(n);
     if args.warmup.on() {
-        progress.set_message("warming up");
+        phase(&progress, "warming up");
         warm_up(&admin, fleet, &ready, &mut deliveries, args.wait_s).await?;
     }
 
@@ -205,7 +219,7 @@ async fn drive(args: &LocalnetArgs, fleet: &mut Fleet) -> Result<Outcome, String
         .collect();
 
     let prom = if args.prometheus {
-        progress.set_message("prometheus");
+        phase(&progress, "prometheus");
         let targets: Vec<_> = ready
             .iter()
             .filter_map(|&i| Some((i, fleet.members[i].admin?)))
@@ -217,6 +231,7 @@ async fn drive(args: &LocalnetArgs, fleet: &mut Fleet) -> Result<Outcome, String
     let prom_since = unix_secs();
 
     // Counters from here on measure only the broadcasts below, not start-up or warm-up.
+    phase(&progress, "baseline");
     let baseline = settle(&admin, fleet, &running, &mut Vec::new()).await;
     let prom_base = match &prom {
         Some(p) => {
@@ -228,7 +243,7 @@ async fn drive(args: &LocalnetArgs, fleet: &mut Fleet) -> Result<Outcome, String
     let cpu_start: f64 = running.iter().filter_map(|&i| cpu_of(fleet, i)).sum();
     let lo_start = procfs::loopback_tx_bytes();
 
-    progress.set_message("broadcasting");
+    phase(&progress, "broadcasting");
     let mut sent: HashMap<MsgKey, Sent> = HashMap::with_capacity(args.messages);
     let t0 = tokio::time::Instant::now();
     let killer = args.kill_after_ms.filter(|_| !doomed.is_empty()).map(|ms| {
@@ -265,7 +280,7 @@ async fn drive(args: &LocalnetArgs, fleet: &mut Fleet) -> Result<Outcome, String
         None => None,
     };
 
-    progress.set_message("waiting");
+    phase(&progress, "waiting");
     // One long poll per node ends the measured phase: the delivery log is read only after it,
     // so the loopback figure holds the protocol's traffic and hardly any of the harness's.
     wait_delivered(&admin, fleet, &live, &baseline, &sent, args.wait_s).await;
@@ -275,7 +290,7 @@ async fn drive(args: &LocalnetArgs, fleet: &mut Fleet) -> Result<Outcome, String
     let watch: HashMap<MsgKey, usize> = sent.iter().map(|(k, s)| (k.clone(), s.origin)).collect();
     deliveries.poll(&admin, fleet, &live, &watch).await;
 
-    progress.set_message("metrics");
+    phase(&progress, "metrics");
     let end = settle(&admin, fleet, &live, &mut failed).await;
     let settled = unix_secs();
     let mut per_node: Vec<Option<NodeStats>> = vec![None; n];
@@ -291,7 +306,7 @@ async fn drive(args: &LocalnetArgs, fleet: &mut Fleet) -> Result<Outcome, String
     }
     let prom_check = match prom {
         Some(p) => {
-            progress.set_message("promql");
+            phase(&progress, "promql");
             let check = async {
                 p.wait_scraped_after(&live, settled).await?;
                 let t = p.totals(&live, prom_base, unix_secs(), prom_since).await?;
@@ -312,7 +327,7 @@ async fn drive(args: &LocalnetArgs, fleet: &mut Fleet) -> Result<Outcome, String
         }
     }
 
-    progress.set_message("stopping");
+    phase(&progress, "stopping");
     for &i in &live {
         admin.shutdown(fleet.members[i].admin.expect("live")).await;
     }
@@ -333,6 +348,12 @@ async fn drive(args: &LocalnetArgs, fleet: &mut Fleet) -> Result<Outcome, String
         failed,
     };
     Ok((run, prom_check))
+}
+
+/// Shows the phase on the progress bar and in the log (`RUST_LOG=info`).
+fn phase(progress: &ProgressBar, name: &'static str) {
+    tracing::info!(phase = name);
+    progress.set_message(name);
 }
 
 fn unix_secs() -> f64 {

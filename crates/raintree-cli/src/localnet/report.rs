@@ -21,7 +21,7 @@ pub struct Latency {
 }
 
 /// A node that did not behave.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct FailedNode {
     /// Sorted position in the peer list.
     pub position: usize,
@@ -61,7 +61,6 @@ pub struct RunData {
     /// Loopback bytes over the broadcast phase, if `/proc/net/dev` was readable.
     pub loopback_bytes: Option<u64>,
     /// Harness clock when the kill during the run happened.
-    #[allow(dead_code)] // read by the HTML report, next
     pub killed_at_us: Option<u64>,
     /// Nodes that failed to start, answer or stop.
     pub failed: Vec<FailedNode>,
@@ -205,7 +204,7 @@ pub struct Report {
 
 impl Report {
     /// Computes the figures of `run`.
-    pub fn new(run: RunData, settings: &Settings, duration_s: f64) -> Self {
+    pub fn new(run: &RunData, settings: &Settings, duration_s: f64) -> Self {
         let per_msg = run.live_deliveries();
         let mut want = 0usize;
         let mut got = 0usize;
@@ -299,7 +298,7 @@ impl Report {
             cleanup_sends: totals.engine.cleanup_sends,
             queue_drops: totals.transport.queue_drops,
             prometheus: None,
-            failed_nodes: run.failed,
+            failed_nodes: run.failed.clone(),
             duration_s,
         }
     }
@@ -451,7 +450,7 @@ mod tests {
             killed_at_us: None,
             failed: vec![],
         };
-        let r = Report::new(run, &settings(), 1.0);
+        let r = Report::new(&run, &settings(), 1.0);
         assert_eq!((r.live, r.killed_during, r.killed), (3, 1, 1));
         // 3 of 4 expected deliveries at live receivers; node 3's copy does not count.
         assert_eq!(r.coverage, 0.75);
