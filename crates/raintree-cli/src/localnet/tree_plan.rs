@@ -29,12 +29,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_node_has_one_parent_and_depth_is_log3() {
+    fn every_node_has_one_parent_and_depth_is_at_most_log3() {
         for n in [2usize, 3, 9, 27, 28, 81, 100] {
             let plan = exact_plan(n);
             assert_eq!(plan[0], (None, 0));
             let max_depth = plan.iter().map(|p| p.1).max().unwrap();
-            assert_eq!(max_depth, tree::max_level(n as u64), "n = {n}");
+            // ceil(log3 n) levels bound the depth; a power of three needs every one of them.
+            assert!(max_depth <= tree::max_level(n as u64), "n = {n}");
+            if [3, 9, 27, 81].contains(&n) {
+                assert_eq!(max_depth, tree::max_level(n as u64), "n = {n}");
+            }
             for (i, (parent, depth)) in plan.iter().enumerate().skip(1) {
                 let p = parent.unwrap_or_else(|| panic!("n = {n}: node {i} unreached"));
                 assert!(p < i, "a range's owner precedes it");
