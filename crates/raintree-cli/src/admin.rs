@@ -1,7 +1,7 @@
 //! The node's admin HTTP endpoint, for loopback use by operators, tests and the LocalNet.
 //!
 //! `GET /health`, `GET /metrics` (Prometheus text), `GET /stats` (typed JSON counters),
-//! `POST /broadcast` (body = payload), `GET /deliveries[?after=SEQ]` (what this node delivered,
+//! `POST /broadcast` (body = payload; or `?fill=N` and no body: N random bytes made here), `GET /deliveries[?after=SEQ]` (what this node delivered,
 //! with latencies, from a cursor), `GET /deliveries/wait?seq=N&timeout_ms=T` (answers once the
 //! log reaches `N` records or after `T`), `POST /shutdown`.
 
@@ -242,8 +242,38 @@ async fn stats(State(s): State<Arc<AdminState>>) -> Json<StatsBody> {
     })
 }
 
-async fn broadcast(State(s): State<Arc<AdminState>>, body: Bytes) -> Response {
-    match s.node.broadcast(body).await {
+/// The query of `POST /broadcast`.
+#[derive(Debug, Default, Deserialize)]
+pub struct BroadcastQuery {
+    /// Broadcast this many random bytes made by the node instead of the request body, so a
+    /// load generator does not carry every payload over the loopback it is measuring.
+    pub fill: Option<usize>,
+}
+
+async fn broadcast(
+    State(s): State<Arc<AdminState>>,
+    Query(q): Query<BroadcastQuery>,
+    body: Bytes,
+) -> Response {
+    let payload = match q.fill {
+        None => body,
+        Some(_) if !body.is_empty() => {
+            return (StatusCode::BAD_REQUEST, "`fill` takes no body").into_response();
+        }
+        Some(n) if n > s.max_payload => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("fill {n} exceeds the payload limit {}", s.max_payload),
+            )
+                .into_response();
+        }
+        Some(n) => {
+            let mut v = vec![0u8; n];
+            rand::Rng::fill(&mut rand::thread_rng(), &mut v[..]);
+            Bytes::from(v)
+        }
+    };
+    match s.node.broadcast(payload).await {
         Ok(id) => Json(serde_json::json!({
             "origin": id.origin.to_hex(),
             "nonce": id.nonce,

@@ -116,12 +116,12 @@ impl Admin {
         Ok(Self { http })
     }
 
-    /// Broadcasts `payload` through a node; returns the nonce.
-    pub async fn broadcast(&self, admin: SocketAddr, payload: Vec<u8>) -> Result<u64, String> {
+    /// Broadcasts `size` random bytes made by the node itself (the payload does not cross the
+    /// loopback being measured); returns the nonce.
+    pub async fn broadcast(&self, admin: SocketAddr, size: usize) -> Result<u64, String> {
         let r = self
             .http
-            .post(format!("http://{admin}/broadcast"))
-            .body(payload)
+            .post(format!("http://{admin}/broadcast?fill={size}"))
             .send()
             .await
             .and_then(|r| r.error_for_status())

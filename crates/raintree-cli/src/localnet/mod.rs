@@ -23,7 +23,7 @@ use raintree::transport::Identity;
 use raintree_proto::broadcast::Redundancy;
 use raintree_proto::wire::Strategy;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
 use crate::cmd_sim::OnOff;
 use crate::node_config::{FileConfig, PeerConfig};
@@ -259,11 +259,9 @@ async fn drive(args: &LocalnetArgs, fleet: &mut Fleet) -> Result<Outcome, String
             tokio::time::sleep_until(t0 + Duration::from_secs_f64(k as f64 / args.rate)).await;
         }
         let origin = live[k % live.len()];
-        let mut payload = vec![0u8; args.size];
-        rng.fill(&mut payload[..]);
         let m = &fleet.members[origin];
         let at_us = unix_micros();
-        match admin.broadcast(m.admin.expect("live"), payload).await {
+        match admin.broadcast(m.admin.expect("live"), args.size).await {
             Ok(nonce) => {
                 sent.insert((m.address.clone(), nonce), Sent { origin, at_us });
             }
@@ -552,7 +550,7 @@ async fn warm_up(
     let mut watch = HashMap::with_capacity(nodes.len());
     for &i in nodes {
         let m = &fleet.members[i];
-        let nonce = admin.broadcast(m.admin.expect("ready"), vec![0]).await?;
+        let nonce = admin.broadcast(m.admin.expect("ready"), 1).await?;
         watch.insert((m.address.clone(), nonce), i);
     }
     wait_coverage(admin, fleet, nodes, &watch, deliveries, wait_s).await;
