@@ -2,11 +2,12 @@
 
 mod admin;
 mod cmd_keygen;
-mod cmd_localnet;
 mod cmd_node;
 mod cmd_scale_table;
 mod cmd_sim;
 mod cmd_targets;
+mod localnet;
+mod metrics_text;
 mod node_config;
 
 use std::process::ExitCode;
@@ -39,7 +40,7 @@ enum Command {
         config: std::path::PathBuf,
     },
     /// Start N node processes on 127.0.0.1, broadcast, and report coverage and cost.
-    Localnet(cmd_localnet::LocalnetArgs),
+    Localnet(localnet::LocalnetArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,7 +60,7 @@ fn main() -> ExitCode {
         Command::Localnet(a) => {
             // The report is the output; progress logs only when RUST_LOG asks for them.
             init_tracing("warn");
-            runtime().and_then(|rt| rt.block_on(cmd_localnet::run(a)))
+            runtime().and_then(|rt| rt.block_on(localnet::run(a)))
         }
     };
     match result {

@@ -51,6 +51,9 @@ fn small_localnet_covers_every_node_and_reports_the_contract_keys() {
         "latency_ms",
         "copies_per_delivery",
         "bytes_per_broadcast",
+        "loopback_bytes_per_broadcast",
+        "throughput_msgs_per_s",
+        "cpu_ms_per_broadcast",
         "resends",
         "failed_nodes",
     ] {
@@ -69,6 +72,41 @@ fn small_localnet_covers_every_node_and_reports_the_contract_keys() {
         "{r}"
     );
     assert!(r["latency_ms"]["max"].as_f64().unwrap() > 0.0);
+    assert!(r["throughput_msgs_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    // Six processes did at least some work for six broadcasts.
+    assert!(r["cpu_ms_per_broadcast"].as_f64().unwrap() >= 0.0, "{r}");
+    // The loopback carries at least the transport's frames (plus encryption and headers).
+    let lo = r["loopback_bytes_per_broadcast"].as_f64().unwrap();
+    assert!(lo >= r["bytes_per_broadcast"].as_f64().unwrap(), "{r}");
+}
+
+#[test]
+fn nodes_killed_during_the_run_are_told_apart_and_not_counted_as_receivers() {
+    // 5 broadcasts a second: the kill at 300 ms lands between the second and the third.
+    let r = localnet_json(&[
+        "--nodes",
+        "9",
+        "--messages",
+        "5",
+        "--rate",
+        "5",
+        "--kill",
+        "30",
+        "--kill-after-ms",
+        "300",
+        "--cleanup",
+        "on",
+        "--ack-timeout-ms",
+        "200",
+    ]);
+    assert_eq!(r["killed_before"], 0, "{r}");
+    assert_eq!(r["killed_during"], 2, "{r}");
+    assert_eq!(r["kill_after_ms"], 300, "{r}");
+    assert_eq!(r["live"], 7, "{r}");
+    // Coverage is of the nodes alive at the end; ACK timeouts route around the dead.
+    assert_eq!(r["coverage"], 1.0, "{r}");
+    assert_eq!(r["complete_messages"], 5, "{r}");
+    assert_eq!(r["failed_nodes"].as_array().unwrap().len(), 0, "{r}");
 }
 
 #[test]
@@ -86,7 +124,78 @@ fn killed_nodes_are_routed_around_with_acks_and_cleanup() {
         "200",
     ]);
     assert_eq!(r["live"], 7);
+    assert_eq!(r["killed_before"], 2, "{r}");
+    assert_eq!(r["killed_during"], 0, "{r}");
     assert_eq!(r["coverage"], 1.0, "{r}");
+}
+
+/// `chromium --headless --dump-dom` of a local file, with every network route closed.
+fn chromium_dom(page: &std::path::Path, profile: &std::path::Path) -> String {
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            // The page must need no network: any fetch would fail here.
+            "--proxy-server=127.0.0.1:9",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("chromium runs (install it with `apt-get install -y chromium`)");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The rendered DOM of the figure with id `id`.
+fn figure<'a>(dom: &'a str, id: &str) -> &'a str {
+    let start = dom
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no figure {id}"));
+    let end = dom[start..].find("</figure>").expect("figure closed") + start;
+    &dom[start..end]
+}
+
+#[test]
+fn html_report_renders_in_headless_chromium_with_non_empty_charts() {
+    let dir = std::env::temp_dir().join(format!("raintree-report-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = localnet_json(&[
+        "--nodes",
+        "4",
+        "--messages",
+        "5",
+        "--ack-timeout-ms",
+        "5000",
+        "--report",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(r["coverage"], 1.0, "{r}");
+    let page = dir.join("index.html");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        !html.contains("src=") && !html.contains("href=") && !html.contains("<script"),
+        "the page must be self-contained"
+    );
+    let dom = chromium_dom(&page, &dir.join("chromium-profile"));
+    std::fs::remove_dir_all(&dir).unwrap();
+    for id in ["coverage", "latency-cdf", "copies", "bytes", "tree"] {
+        assert!(figure(&dom, id).contains("<svg"), "{id} has no chart");
+    }
+    // Non-empty: a line per message plus the median; both CDF lines; a bar per node on top of
+    // the background; a dot per node in the tree.
+    assert!(figure(&dom, "coverage").matches("<polyline").count() >= 6);
+    assert!(figure(&dom, "latency-cdf").matches("<polyline").count() >= 2);
+    assert!(figure(&dom, "copies").matches("<rect").count() > 4);
+    assert!(figure(&dom, "bytes").matches("<rect").count() > 4);
+    assert!(figure(&dom, "tree").matches("<circle").count() >= 4);
 }
 
 #[test]

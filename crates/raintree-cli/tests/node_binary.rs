@@ -80,6 +80,23 @@ async fn node_serves_health_metrics_broadcast_and_shuts_down() {
     let reason = too_big.text().await.unwrap();
     assert!(reason.contains("4194305"), "{reason}");
 
+    // `fill` makes the payload at the node; it obeys the same limit.
+    let filled = http
+        .post(format!("http://{admin}/broadcast?fill=1000"))
+        .send()
+        .await
+        .unwrap();
+    assert!(filled.status().is_success());
+    let over = http
+        .post(format!(
+            "http://{admin}/broadcast?fill={}",
+            4 * 1024 * 1024 + 1
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(over.status(), reqwest::StatusCode::BAD_REQUEST);
+
     let metrics = http
         .get(format!("http://{admin}/metrics"))
         .send()
@@ -88,9 +105,36 @@ async fn node_serves_health_metrics_broadcast_and_shuts_down() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("raintree_broadcasts_total 1"), "{metrics}");
+    assert!(metrics.contains("raintree_broadcasts_total 2"), "{metrics}");
     assert!(metrics.contains("raintree_broadcast_latency_seconds"));
     assert!(metrics.contains("raintree_transport_open_connections"));
+
+    // The typed counters agree with the text exposition.
+    let stats: serde_json::Value = http
+        .get(format!("http://{admin}/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["engine"]["broadcasts"], 2, "{stats}");
+    assert_eq!(stats["engine"]["deliveries"], 0, "{stats}");
+    assert_eq!(
+        stats["transport"]["bytes_sent"], 0,
+        "no peer, nothing sent: {stats}"
+    );
+    assert_eq!(stats["last_seq"], 0, "{stats}");
+    // A node alone delivers nothing: the cursor answers an empty page.
+    let page: Vec<serde_json::Value> = http
+        .get(format!("http://{admin}/deliveries?after=0"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(page.is_empty());
 
     let s = http
         .post(format!("http://{admin}/shutdown"))
