@@ -78,7 +78,7 @@ pub struct Args {
     #[arg(long, default_value_t = 500.0)]
     pub ack_timeout_ms: f64,
     /// Shortest adaptive ACK deadline in milliseconds.
-    #[arg(long, default_value_t = 50.0)]
+    #[arg(long, default_value_t = 200.0)]
     pub min_ack_timeout_ms: f64,
     /// Longest adaptive ACK deadline in milliseconds.
     #[arg(long, default_value_t = 2000.0)]

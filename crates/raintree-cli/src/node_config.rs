@@ -41,7 +41,7 @@ pub struct FileConfig {
     pub acks: bool,
     /// ACK deadline in milliseconds before any round trip is measured. Default 500.
     pub ack_timeout_ms: u64,
-    /// Shortest adaptive ACK deadline in milliseconds. Default 50.
+    /// Shortest adaptive ACK deadline in milliseconds. Default 200.
     pub min_ack_timeout_ms: u64,
     /// Longest adaptive ACK deadline in milliseconds. Default 2000.
     pub max_ack_timeout_ms: u64,

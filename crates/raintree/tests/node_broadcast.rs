@@ -57,6 +57,8 @@ async fn exact_broadcast_reaches_everyone_once() {
     let cfg = Config {
         strategy: Strategy::Exact,
         ack_timeout: Duration::from_secs(10),
+        min_ack_timeout: Duration::from_secs(10),
+        max_ack_timeout: Duration::from_secs(10),
         ..Config::default()
     };
     let mut nodes = network(13, cfg).await;
@@ -149,10 +151,12 @@ async fn dead_peers_are_covered_by_acks_and_cleanup() {
         assert_eq!(d.id, id);
     }
     // The originator's stats are published before its re-delegated send leaves, so by now
-    // they show the timeout that routed around the dead target.
+    // they show the failure (a timeout or the transport's report) that routed around the dead
+    // target.
+    let s = nodes[0].0.stats();
     assert!(
-        nodes[0].0.stats().ack_timeouts > 0,
-        "dead target must time out"
+        s.ack_timeouts + s.unreachable > 0,
+        "dead target must be noticed"
     );
     shutdown_all(nodes).await;
 }

@@ -143,7 +143,7 @@ impl Default for Config {
             strategy: Strategy::Reference,
             acks: true,
             ack_timeout: Duration::from_millis(500),
-            min_ack_timeout: Duration::from_millis(50),
+            min_ack_timeout: Duration::from_millis(200),
             max_ack_timeout: Duration::from_secs(2),
             suspicion_ttl: Duration::from_secs(300),
             redundancy: Redundancy::Off,

@@ -214,7 +214,7 @@ fn churn_reaches_every_stable_node_and_recovered_nodes_are_used_again() {
     let r = sim(400, |c| {
         exact(c);
         c.churn_percent = 10.0;
-        c.churn_period = Duration::from_millis(500);
+        c.churn_period = Duration::from_secs(1);
         c.interval = Duration::from_millis(100);
         c.broadcasts = 30;
     });
