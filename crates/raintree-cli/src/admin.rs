@@ -24,7 +24,7 @@ use tokio::sync::{watch, Notify};
 const DELIVERY_LOG: usize = 100_000;
 
 /// Most records one `/deliveries` answer carries; a client with a cursor asks again for more.
-const PAGE: usize = 10_000;
+pub const PAGE: usize = 10_000;
 
 /// One delivery as `/deliveries` reports it.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -8,6 +8,12 @@
 //! ends of every connection counted). The raw baseline frames messages with a u32 length
 //! prefix and batches writes the same way (up to 256 KiB per write), without encryption,
 //! protobuf, queues or events.
+//!
+//! A second baseline is an encrypted peer: rustls (TLS 1.3, tokio-rustls, Ed25519 certificates
+//! on both sides, no session resumption) with the same framing, payloads and one-connection
+//! pattern, once with its preferred AES-256-GCM suite and once with ChaCha20-Poly1305, the
+//! cipher of this transport's Noise suite. The cipher ceiling compares Noise's ChaChaPoly and
+//! AESGCM suites sealing and opening alone.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,6 +29,7 @@ use raintree::transport::handshake::{self, LocalKeys};
 use raintree::transport::{
     Event, Events, Identity, SendError, Transport, TransportConfig, TransportMetrics,
 };
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -367,12 +374,8 @@ async fn transport_idle_memory() -> f64 {
 /// Single-core cost of the session cipher alone: bytes/s of seal followed by open of full
 /// Noise messages. Each direction of a connection needs one seal and one open per byte, so
 /// this bounds the encrypted throughput on a machine whose cores also run TCP.
-fn cipher_ceiling(dur: Duration) -> f64 {
-    let params = || {
-        raintree::transport::handshake::NOISE_PARAMS
-            .parse()
-            .expect("params")
-    };
+fn cipher_ceiling(noise_params: &str, dur: Duration) -> f64 {
+    let params = || noise_params.parse().expect("params");
     let kp = |_: u8| snow::Builder::new(params()).generate_keypair().expect("kp");
     let (ki, kr) = (kp(0), kp(1));
     let mut i = snow::Builder::new(params())
@@ -409,7 +412,210 @@ fn cipher_ceiling(dur: Duration) -> f64 {
     (nonce as f64 * plain.len() as f64) / start.elapsed().as_secs_f64()
 }
 
+// ---------------------------------------------------------------- rustls baseline
+
+/// Which TLS 1.3 cipher suite the rustls baseline uses.
+#[derive(Clone, Copy)]
+enum TlsSuite {
+    /// rustls's first choice on this provider.
+    Aes256Gcm,
+    /// The cipher of this transport's Noise suite.
+    ChaCha20,
+}
+
+struct TlsPair {
+    server: Arc<rustls::ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+}
+
+fn ed25519_cert(name: &str) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("ed25519 key");
+    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("self-signed");
+    let der = PrivatePkcs8KeyDer::from(key.serialize_der());
+    (cert.der().clone(), PrivateKeyDer::Pkcs8(der))
+}
+
+/// Server and client configs that authenticate each other with self-signed Ed25519
+/// certificates, as Noise XX with signed static keys authenticates both ends.
+fn tls_pair(suite: TlsSuite) -> TlsPair {
+    let mut provider = rustls::crypto::ring::default_provider();
+    let wanted = match suite {
+        TlsSuite::Aes256Gcm => rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+        TlsSuite::ChaCha20 => rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+    };
+    provider.cipher_suites.retain(|s| s.suite() == wanted);
+    let provider = Arc::new(provider);
+    let (server_cert, server_key) = ed25519_cert("server");
+    let (client_cert, client_key) = ed25519_cert("client");
+    let mut server_roots = rustls::RootCertStore::empty();
+    server_roots.add(client_cert.clone()).expect("client root");
+    let mut client_roots = rustls::RootCertStore::empty();
+    client_roots.add(server_cert.clone()).expect("server root");
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(server_roots),
+        provider.clone(),
+    )
+    .build()
+    .expect("client verifier");
+    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![server_cert], server_key)
+        .expect("server config");
+    // Every connection pays a full handshake, as every Noise connection does.
+    server.send_tls13_tickets = 0;
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .with_root_certificates(client_roots)
+        .with_client_auth_cert(vec![client_cert], client_key)
+        .expect("client config");
+    client.resumption = rustls::client::Resumption::disabled();
+    TlsPair {
+        server: Arc::new(server),
+        client: Arc::new(client),
+    }
+}
+
+fn server_name() -> ServerName<'static> {
+    ServerName::try_from("server").expect("name")
+}
+
+async fn tls_connect(
+    pair: &TlsPair,
+    addr: SocketAddr,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let _ = tcp.set_nodelay(true);
+    tokio_rustls::TlsConnector::from(pair.client.clone())
+        .connect(server_name(), tcp)
+        .await
+        .expect("tls handshake")
+}
+
+async fn tls_throughput(suite: TlsSuite, size: usize, dur: Duration) -> f64 {
+    let pair = tls_pair(suite);
+    let listener = TcpListener::bind(loopback()).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let acceptor = tokio_rustls::TlsAcceptor::from(pair.server.clone());
+    let server = tokio::spawn(async move {
+        let (s, _) = listener.accept().await.expect("accept");
+        let _ = s.set_nodelay(true);
+        let s = acceptor.accept(s).await.expect("tls accept");
+        let mut fr = FramedRead::with_capacity(s, raw_codec(), BATCH);
+        let mut n = 0u64;
+        while let Some(Ok(_)) = fr.next().await {
+            n += 1;
+        }
+        n
+    });
+    let mut c = tls_connect(&pair, addr).await;
+    let payload = vec![7u8; size];
+    let mut buf = BytesMut::with_capacity(BATCH + size + 4);
+    let start = Instant::now();
+    while start.elapsed() < dur {
+        for _ in 0..64 {
+            buf.put_u32(size as u32);
+            buf.extend_from_slice(&payload);
+            if buf.len() >= BATCH {
+                c.write_all(&buf).await.expect("write");
+                buf.clear();
+            }
+        }
+    }
+    c.write_all(&buf).await.expect("write");
+    c.shutdown().await.expect("shutdown");
+    let n = server.await.expect("server");
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn tls_round_trips(dur: Duration) -> f64 {
+    let pair = tls_pair(TlsSuite::Aes256Gcm);
+    let listener = TcpListener::bind(loopback()).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let acceptor = tokio_rustls::TlsAcceptor::from(pair.server.clone());
+    tokio::spawn(async move {
+        let (s, _) = listener.accept().await.expect("accept");
+        let _ = s.set_nodelay(true);
+        let s = acceptor.accept(s).await.expect("tls accept");
+        let (r, mut w) = tokio::io::split(s);
+        let mut fr = FramedRead::new(r, raw_codec());
+        while let Some(Ok(f)) = fr.next().await {
+            let mut out = BytesMut::with_capacity(4 + f.len());
+            out.put_u32(f.len() as u32);
+            out.extend_from_slice(&f);
+            if w.write_all(&out).await.is_err() || w.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+    let c = tls_connect(&pair, addr).await;
+    let (r, mut w) = tokio::io::split(c);
+    let mut fr = FramedRead::new(r, raw_codec());
+    let mut req = BytesMut::new();
+    req.put_u32(32);
+    req.extend_from_slice(&[1u8; 32]);
+    let mut n = 0u64;
+    let start = Instant::now();
+    while start.elapsed() < dur {
+        w.write_all(&req).await.expect("write");
+        w.flush().await.expect("flush");
+        fr.next().await.expect("response").expect("frame");
+        n += 1;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn tls_handshakes(dur: Duration) -> f64 {
+    let pair = tls_pair(TlsSuite::Aes256Gcm);
+    let listener = TcpListener::bind(loopback()).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let acceptor = tokio_rustls::TlsAcceptor::from(pair.server.clone());
+    let server = tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = s.set_nodelay(true);
+                let _ = acceptor.accept(s).await;
+            });
+        }
+    });
+    let mut n = 0u64;
+    let start = Instant::now();
+    // As for the transport: done when the dialler has sent its last handshake message.
+    while start.elapsed() < dur {
+        drop(tls_connect(&pair, addr).await);
+        n += 1;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    server.abort();
+    rate
+}
+
 // ---------------------------------------------------------------- report
+
+/// `row` plus the rustls baseline; targets are minimum ratios to raw TCP and to rustls.
+fn row_tls(
+    unit: &str,
+    raw: f64,
+    tls: f64,
+    ours: f64,
+    targets: (Option<f64>, Option<f64>),
+) -> Value {
+    let mut v = row(unit, raw, ours, targets.0.map(|t| ("ratio>=", t)));
+    let ratio = if tls > 0.0 { ours / tls } else { 0.0 };
+    v["rustls"] = json!(tls.round());
+    v["ratio_vs_rustls"] = json!((ratio * 1000.0).round() / 1000.0);
+    if let Some(t) = targets.1 {
+        v["rustls_target"] = json!(format!("ratio>= {t}"));
+        v["meets_rustls_target"] = json!(ratio >= t);
+    }
+    v
+}
 
 fn row(unit: &str, raw: f64, ours: f64, target: Option<(&str, f64)>) -> Value {
     let ratio = if raw > 0.0 { ours / raw } else { 0.0 };
@@ -485,42 +691,67 @@ fn main() {
         }
         if want("1k") {
             let r = raw_throughput(1024, dur).await;
+            let l = tls_throughput(TlsSuite::Aes256Gcm, 1024, dur).await;
             let t = transport_throughput(1024, dur).await;
             report.insert(
                 "throughput_1k_msgs_per_s".into(),
-                row("msgs/s", r, t, Some(("ratio>=", 0.4))),
+                row_tls("msgs/s", r, l, t, (Some(0.4), Some(1.0))),
+            );
+            let lc = tls_throughput(TlsSuite::ChaCha20, 1024, dur).await;
+            report.insert(
+                "throughput_1k_msgs_per_s_vs_rustls_chacha".into(),
+                row("msgs/s (raw column: rustls ChaCha20)", lc, t, None),
             );
         }
         if want("64k") {
             let r = raw_throughput(64 * 1024, dur).await * 65536.0;
+            let l = tls_throughput(TlsSuite::Aes256Gcm, 64 * 1024, dur).await * 65536.0;
             let t = transport_throughput(64 * 1024, dur).await * 65536.0;
             report.insert(
                 "throughput_64k_bytes_per_s".into(),
-                row("payload bytes/s", r, t, Some(("ratio>=", 0.6))),
+                row_tls("payload bytes/s", r, l, t, (Some(0.6), Some(0.9))),
+            );
+            let lc = tls_throughput(TlsSuite::ChaCha20, 64 * 1024, dur).await * 65536.0;
+            report.insert(
+                "throughput_64k_bytes_per_s_vs_rustls_chacha".into(),
+                row("payload bytes/s (raw column: rustls ChaCha20)", lc, t, None),
             );
         }
         if want("rtt") {
             let r = raw_round_trips(dur).await;
+            let l = tls_round_trips(dur).await;
             let t = transport_round_trips(dur).await;
             report.insert(
                 "round_trips_per_s".into(),
-                row("round trips/s", r, t, Some(("ratio>=", 0.7))),
+                row_tls("round trips/s", r, l, t, (Some(0.7), None)),
             );
         }
         if want("handshake") {
             let r = raw_connects(dur).await;
+            let l = tls_handshakes(dur).await;
             let t = transport_handshakes(dur).await;
-            report.insert(
-                "handshakes_per_s".into(),
-                row("connections/s (raw: TCP connect only)", r, t, None),
+            let v = row_tls(
+                "connections/s (raw: TCP connect only)",
+                r,
+                l,
+                t,
+                (None, Some(0.8)),
             );
+            report.insert("handshakes_per_s".into(), v);
         }
     });
     if want("cipher") {
-        let c = cipher_ceiling(dur.min(Duration::from_secs(1)));
+        let cd = dur.min(Duration::from_secs(1));
+        let chacha = cipher_ceiling(raintree::transport::handshake::NOISE_PARAMS, cd);
+        let aes = cipher_ceiling("Noise_XX_25519_AESGCM_BLAKE2s", cd);
         report.insert(
             "cipher_seal_open_bytes_per_s_one_core".into(),
-            row("bytes/s (context: ChaCha20-Poly1305 alone)", 0.0, c, None),
+            row(
+                "bytes/s, Noise sealing + opening alone (raw column: ChaChaPoly, transport column: AESGCM)",
+                chacha,
+                aes,
+                None,
+            ),
         );
     }
     if want("memory") {
@@ -541,26 +772,43 @@ fn main() {
         println!("{report}");
         return;
     }
+    let met = |b: Option<&Value>| match b.and_then(|b| b.as_bool()) {
+        Some(true) => "(met)",
+        Some(false) => "(MISSED)",
+        None => "",
+    };
     println!(
-        "{:<28} {:>16} {:>16} {:>8}  target",
-        "figure", "raw tcp", "transport", "ratio"
+        "{:<44} {:>14} {:>14} {:>14} {:>7} {:>9}  target",
+        "figure", "raw tcp", "rustls", "transport", "ratio", "vs rustls"
     );
     if let Value::Object(m) = &report {
         for (k, v) in m {
             if let Value::Object(_) = v {
+                let or_dash = |x: &Value| {
+                    if x.is_null() {
+                        "-".to_string()
+                    } else {
+                        x.to_string()
+                    }
+                };
                 println!(
-                    "{:<28} {:>16} {:>16} {:>8}  {} {}",
+                    "{:<44} {:>14} {:>14} {:>14} {:>7} {:>9}  {} {}",
                     k,
                     v["raw"],
+                    or_dash(&v["rustls"]),
                     v["transport"],
                     v["ratio"],
+                    or_dash(&v["ratio_vs_rustls"]),
                     v.get("target").and_then(|t| t.as_str()).unwrap_or("-"),
-                    match v.get("meets_target").and_then(|b| b.as_bool()) {
-                        Some(true) => "(met)",
-                        Some(false) => "(MISSED)",
-                        None => "",
-                    }
+                    met(v.get("meets_target")),
                 );
+                if let Some(t) = v.get("rustls_target").and_then(|t| t.as_str()) {
+                    println!(
+                        "{:<44} vs rustls: {t} {}",
+                        "",
+                        met(v.get("meets_rustls_target"))
+                    );
+                }
             }
         }
     }

@@ -247,7 +247,7 @@ impl Deliveries {
                 };
                 let Some(last) = records.last() else { break };
                 self.cursors[i] = last.seq;
-                let full = records.len() >= 10_000;
+                let full = records.len() >= crate::admin::PAGE;
                 for r in records {
                     let key = (r.origin, r.nonce);
                     if watch.contains_key(&key) && key.0 != m.address {

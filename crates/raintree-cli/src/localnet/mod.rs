@@ -272,6 +272,12 @@ async fn drive(args: &LocalnetArgs, fleet: &mut Fleet) -> Result<Outcome, String
             }),
         }
         progress.inc(1);
+        // A node keeps its last 100,000 deliveries; a very long run reads them before they go.
+        if (k + 1) % 50_000 == 0 {
+            let watch: HashMap<MsgKey, usize> =
+                sent.iter().map(|(k, s)| (k.clone(), s.origin)).collect();
+            deliveries.poll(&admin, fleet, &live, &watch).await;
+        }
     }
     let killed = match killer {
         Some(h) => Some(h.await.map_err(|e| format!("kill task: {e}"))?),
