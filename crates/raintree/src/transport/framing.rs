@@ -169,6 +169,8 @@ pub struct Opener {
     plain: BytesMut,
     frames: LengthDelimitedCodec,
     max_payload: usize,
+    /// Inside a frame: the codec may have taken its length prefix out of `plain` already.
+    mid_frame: bool,
 }
 
 impl Opener {
@@ -180,6 +182,7 @@ impl Opener {
             plain: BytesMut::new(),
             frames: frame_codec(max_frame_len(max_payload)),
             max_payload,
+            mid_frame: false,
         }
     }
 
@@ -212,13 +215,18 @@ impl Opener {
 
     /// The next complete frame's message, if the stream holds one.
     pub fn next_message(&mut self) -> Result<Option<(Message, usize)>, FrameError> {
+        let buffered = !self.plain.is_empty();
         match self.frames.decode(&mut self.plain) {
             Ok(Some(frame)) => {
+                self.mid_frame = false;
                 let len = frame.len() + 4;
                 let msg = wire::decode(frame.freeze(), self.max_payload)?;
                 Ok(Some((msg, len)))
             }
             Ok(None) => {
+                // Bytes were waiting but made no frame: a partial prefix, or a prefix the codec
+                // consumed while the body is still to come.
+                self.mid_frame |= buffered;
                 if self.plain.is_empty() && self.plain.capacity() > 8 * MAX_NOISE_MESSAGE {
                     self.plain = BytesMut::new();
                 }
@@ -230,7 +238,7 @@ impl Opener {
 
     /// True when the stream ends between frames.
     pub fn at_boundary(&self) -> bool {
-        self.plain.is_empty()
+        !self.mid_frame && self.plain.is_empty()
     }
 }
 
@@ -242,4 +250,73 @@ pub fn encode_frame(msg: &Message) -> Bytes {
     out.put_u32(env.len() as u32);
     out.extend_from_slice(&env);
     out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A finished Noise XX session: (initiator, responder) transport ciphers.
+    fn session() -> (
+        Arc<snow::StatelessTransportState>,
+        Arc<snow::StatelessTransportState>,
+    ) {
+        let params: snow::params::NoiseParams =
+            super::super::handshake::NOISE_PARAMS.parse().unwrap();
+        let keys = |b: &snow::Builder| b.generate_keypair().unwrap().private;
+        let ik = keys(&snow::Builder::new(params.clone()));
+        let rk = keys(&snow::Builder::new(params.clone()));
+        let mut i = snow::Builder::new(params.clone())
+            .local_private_key(&ik)
+            .unwrap()
+            .build_initiator()
+            .unwrap();
+        let mut r = snow::Builder::new(params)
+            .local_private_key(&rk)
+            .unwrap()
+            .build_responder()
+            .unwrap();
+        let (mut a, mut b) = (vec![0u8; 1024], vec![0u8; 1024]);
+        for step in 0..3 {
+            let (w, rd) = if step == 1 {
+                (&mut r, &mut i)
+            } else {
+                (&mut i, &mut r)
+            };
+            let n = w.write_message(&[], &mut a).unwrap();
+            rd.read_message(&a[..n], &mut b).unwrap();
+        }
+        (
+            Arc::new(i.into_stateless_transport_mode().unwrap()),
+            Arc::new(r.into_stateless_transport_mode().unwrap()),
+        )
+    }
+
+    fn seal(cipher: &snow::StatelessTransportState, nonce: u64, plain: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; plain.len() + TAG_LEN];
+        let n = cipher.write_message(nonce, plain, &mut out).unwrap();
+        out.truncate(n);
+        out
+    }
+
+    #[test]
+    fn a_stream_ending_after_a_bare_length_prefix_is_not_at_a_boundary() {
+        let (i, r) = session();
+        let frame = encode_frame(&Message::Goodbye { reason: "x".into() });
+        let mut opener = Opener::new(r, 1024);
+        assert!(opener.at_boundary());
+        // Only the 4-byte prefix arrives, then the peer goes away: that is a truncation.
+        opener.open(&seal(&i, 0, &frame[..4])).unwrap();
+        assert!(opener.next_message().unwrap().is_none());
+        assert!(!opener.at_boundary());
+        // The body completes the frame, and the stream is between frames again.
+        opener.open(&seal(&i, 1, &frame[4..])).unwrap();
+        assert!(opener.next_message().unwrap().is_some());
+        assert!(opener.next_message().unwrap().is_none());
+        assert!(opener.at_boundary());
+        // Two bytes of a prefix are mid-frame too.
+        opener.open(&seal(&i, 2, &frame[..2])).unwrap();
+        assert!(opener.next_message().unwrap().is_none());
+        assert!(!opener.at_boundary());
+    }
 }
