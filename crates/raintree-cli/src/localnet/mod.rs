@@ -30,7 +30,7 @@ use crate::node_config::{FileConfig, PeerConfig};
 use collect::{Admin, Deliveries, MsgKey, NodeStats};
 use fleet::Fleet;
 use prometheus::{PromCheck, Prometheus};
-use report::{FailedNode, Report, RunData, Sent, Settings};
+use report::{FailedNode, Report, RssSample, RunData, Sent, Settings};
 
 /// `raintree localnet` options.
 #[derive(clap::Args, Debug, Clone)]
@@ -90,6 +90,10 @@ pub struct LocalnetArgs {
     /// its PromQL totals agree with the report.
     #[arg(long)]
     pub prometheus: bool,
+    /// Sample every live node's resident memory every S seconds while broadcasting (a soak:
+    /// memory must level off once `seen_ttl` has passed).
+    #[arg(long, value_name = "S")]
+    pub rss_every_s: Option<u64>,
 }
 
 /// Runs the LocalNet and prints its report; Ctrl-C kills every node before returning.
@@ -254,6 +258,11 @@ async fn drive(args: &LocalnetArgs, fleet: &mut Fleet) -> Result<Outcome, String
             ms,
         ))
     });
+    let sampler = args.rss_every_s.filter(|&s| s > 0).map(|every| {
+        let pids: Vec<u32> = live.iter().filter_map(|&i| fleet.members[i].pid).collect();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        (stop, tokio::spawn(sample_rss(pids, t0, every, stopped)))
+    });
     for k in 0..args.messages {
         if args.rate > 0.0 {
             tokio::time::sleep_until(t0 + Duration::from_secs_f64(k as f64 / args.rate)).await;
@@ -282,6 +291,13 @@ async fn drive(args: &LocalnetArgs, fleet: &mut Fleet) -> Result<Outcome, String
     let killed = match killer {
         Some(h) => Some(h.await.map_err(|e| format!("kill task: {e}"))?),
         None => None,
+    };
+    let rss = match sampler {
+        Some((stop, h)) => {
+            let _ = stop.send(());
+            h.await.map_err(|e| format!("memory sampler: {e}"))?
+        }
+        None => Vec::new(),
     };
 
     phase(&progress, "waiting");
@@ -350,6 +366,7 @@ async fn drive(args: &LocalnetArgs, fleet: &mut Fleet) -> Result<Outcome, String
         loopback_bytes: lo_start.zip(lo_end).map(|(a, b)| b.saturating_sub(a)),
         killed_at_us: killed.map(|k| k.at_us),
         failed,
+        rss,
     };
     Ok((run, prom_check))
 }
@@ -398,6 +415,34 @@ fn start_nodes(args: &LocalnetArgs, fleet: &mut Fleet) -> Result<(), String> {
         fleet.spawn(&exe, &path, id.address().to_hex())?;
     }
     Ok(())
+}
+
+/// Samples the resident memory of `pids` every `every` seconds until told to stop.
+async fn sample_rss(
+    pids: Vec<u32>,
+    t0: tokio::time::Instant,
+    every: u64,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Vec<RssSample> {
+    let mut out = Vec::new();
+    let mut tick = tokio::time::interval_at(t0, Duration::from_secs(every));
+    loop {
+        tokio::select! {
+            _ = &mut stop => return out,
+            at = tick.tick() => {
+                let kib: Vec<u64> = pids.iter().filter_map(|&p| procfs::rss_kib(p)).collect();
+                if kib.is_empty() {
+                    continue;
+                }
+                let mib = |k: u64| k as f64 / 1024.0;
+                out.push(RssSample {
+                    t_s: at.duration_since(t0).as_secs_f64(),
+                    mean_mib: mib(kib.iter().sum::<u64>()) / kib.len() as f64,
+                    max_mib: kib.iter().copied().map(mib).fold(0.0, f64::max),
+                });
+            }
+        }
+    }
 }
 
 fn cpu_of(fleet: &Fleet, i: usize) -> Option<f64> {

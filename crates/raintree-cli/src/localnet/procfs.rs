@@ -28,6 +28,17 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// Resident memory of process `pid` in kibibytes (`VmRSS`); `None` once it is gone.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_rss_kib(&status)
+}
+
+fn parse_rss_kib(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Bytes sent over the loopback interface so far (every loopback byte is sent once and
 /// received once; counting one side counts each once).
 pub fn loopback_tx_bytes() -> Option<u64> {
@@ -63,6 +74,13 @@ mod tests {
         }
         assert!(x > 0);
         assert!(cpu_ms(std::process::id()).unwrap() > 0.0);
+    }
+
+    #[test]
+    fn rss_from_a_status_file() {
+        let status = "Name:\traintree\nVmPeak:\t  20000 kB\nVmRSS:\t   8312 kB\nThreads:\t3\n";
+        assert_eq!(parse_rss_kib(status), Some(8312));
+        assert!(rss_kib(std::process::id()).unwrap() > 0);
     }
 
     #[test]

@@ -64,6 +64,19 @@ pub struct RunData {
     pub killed_at_us: Option<u64>,
     /// Nodes that failed to start, answer or stop.
     pub failed: Vec<FailedNode>,
+    /// Resident memory of the live nodes over the broadcast phase, with `--rss-every-s`.
+    pub rss: Vec<RssSample>,
+}
+
+/// Resident memory of the node processes at one moment of the broadcast phase.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct RssSample {
+    /// Seconds since the first broadcast.
+    pub t_s: f64,
+    /// Mean over the sampled nodes, MiB.
+    pub mean_mib: f64,
+    /// Largest node, MiB.
+    pub max_mib: f64,
 }
 
 impl RunData {
@@ -198,6 +211,9 @@ pub struct Report {
     pub prometheus: Option<PromCheck>,
     /// Nodes that failed to start, answer or stop cleanly.
     pub failed_nodes: Vec<FailedNode>,
+    /// Node memory over the broadcast phase (with `--rss-every-s`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rss: Vec<RssSample>,
     /// Wall-clock seconds of the whole run.
     pub duration_s: f64,
 }
@@ -299,6 +315,7 @@ impl Report {
             queue_drops: totals.transport.queue_drops,
             prometheus: None,
             failed_nodes: run.failed.clone(),
+            rss: run.rss.clone(),
             duration_s,
         }
     }
@@ -358,6 +375,14 @@ impl Report {
                 "  prometheus               agrees: {} deliveries, {} bytes, {} resends ({} samples)",
                 p.deliveries, p.bytes_sent, p.resends, p.scrapes
             );
+        }
+        if !r.rss.is_empty() {
+            let line: Vec<String> = r
+                .rss
+                .iter()
+                .map(|x| format!("{:.0} s {:.1}/{:.1}", x.t_s, x.mean_mib, x.max_mib))
+                .collect();
+            println!("  node RSS MiB mean/max    {}", line.join(", "));
         }
         if r.failed_nodes.is_empty() {
             println!("  failed nodes             none");
