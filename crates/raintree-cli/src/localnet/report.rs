@@ -474,6 +474,7 @@ mod tests {
             loopback_bytes: None,
             killed_at_us: None,
             failed: vec![],
+            rss: vec![],
         };
         let r = Report::new(&run, &settings(), 1.0);
         assert_eq!((r.live, r.killed_during, r.killed), (3, 1, 1));
