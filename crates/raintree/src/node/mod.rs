@@ -119,6 +119,15 @@ pub enum NodeError {
     /// The node has shut down.
     #[error("node is shut down")]
     Shutdown,
+    /// The transport and the protocol disagree on the largest payload: a broadcast the engine
+    /// accepts would be refused by the transport (or a frame accepted that the engine refuses).
+    #[error("transport max_payload {transport} differs from protocol max_payload {protocol}")]
+    MaxPayloadMismatch {
+        /// `NodeConfig::transport.max_payload`.
+        transport: usize,
+        /// `NodeConfig::protocol.max_payload`.
+        protocol: usize,
+    },
 }
 
 pub(crate) enum Command {
@@ -158,6 +167,12 @@ impl Node {
             delivery_buffer_bytes,
             request_capacity,
         } = config;
+        if transport.max_payload != protocol.max_payload {
+            return Err(NodeError::MaxPayloadMismatch {
+                transport: transport.max_payload,
+                protocol: protocol.max_payload,
+            });
+        }
         let address = identity.address();
         let book = peer_book(address, &peers);
         transport.peers = book.clone();
