@@ -54,7 +54,12 @@ impl Driver {
             let deadline = self.engine.poll_timeout().map(|d| start + d);
             tokio::select! {
                 biased;
-                _ = self.stop.cancelled() => break,
+                _ = self.stop.cancelled() => {
+                    // Every delivery here was ACKed already: hand them all to the application
+                    // (without making shutdown wait for it to read them).
+                    waiting.hand_over(deliveries.clone());
+                    break;
+                }
                 _ = sleep_until(deadline) => {}
                 permit = deliveries.reserve(), if !waiting.is_empty() => match permit {
                     Ok(permit) => waiting.send_one(permit),
@@ -183,6 +188,24 @@ impl DeliveryBuffer {
             self.bytes -= d.payload.len();
             permit.send(d);
         }
+    }
+
+    /// Feeds the rest to the application from a task of its own that ends when every
+    /// delivery is read or the application drops its stream; the stream ends after them.
+    fn hand_over(&mut self, tx: mpsc::Sender<Delivery>) {
+        self.push_ready(&tx);
+        if self.is_empty() {
+            return;
+        }
+        let rest = std::mem::take(&mut self.queue);
+        self.bytes = 0;
+        tokio::spawn(async move {
+            for d in rest {
+                if tx.send(d).await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     /// Moves deliveries into the application's channel while it has room.

@@ -53,6 +53,8 @@ pub struct NodeConfig {
     pub delivery_buffer_bytes: usize,
     /// Incoming requests buffered for the application; past this they are refused.
     pub request_capacity: usize,
+    /// Seed of the engine's RNG; `None` draws one. Fixed seeds make simulations replay.
+    pub seed: Option<u64>,
 }
 
 impl NodeConfig {
@@ -66,6 +68,7 @@ impl NodeConfig {
             delivery_capacity: 4096,
             delivery_buffer_bytes: 64 * 1024 * 1024,
             request_capacity: 1024,
+            seed: None,
         }
     }
 }
@@ -166,6 +169,7 @@ impl Node {
             delivery_capacity,
             delivery_buffer_bytes,
             request_capacity,
+            seed,
         } = config;
         if transport.max_payload != protocol.max_payload {
             return Err(NodeError::MaxPayloadMismatch {
@@ -185,7 +189,7 @@ impl Node {
         node_metrics.register(&mut registry);
         node_metrics.set_peers(list.len());
 
-        let seed = rand::random::<u64>();
+        let seed = seed.unwrap_or_else(rand::random);
         let engine = broadcast::Engine::new(protocol, address, list, seed)?;
         let (transport, events) = Transport::bind(identity, transport, transport_metrics).await?;
 
@@ -357,8 +361,13 @@ impl Node {
     }
 }
 
-/// Microseconds since the Unix epoch: the origin timestamp carried for latency metrics.
+/// Microseconds since the Unix epoch: the origin timestamp carried for latency metrics
+/// (inside a turmoil simulation, the simulated clock's).
 pub fn unix_micros() -> u64 {
+    #[cfg(feature = "turmoil")]
+    if let Some(d) = turmoil::since_epoch() {
+        return u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    }
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))

@@ -5,22 +5,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
-
 use super::events::{Event, RefuseReason};
 use super::handshake::{self, HandshakeError};
 use super::registry::{Inner, Slot};
 use super::{lock, TransportError};
+use crate::net::{Listener, Net, Stream};
 
 /// Binds the listener at `addr`.
-pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, TransportError> {
-    TcpListener::bind(addr)
+pub(crate) async fn bind(net: Net, addr: SocketAddr) -> Result<Listener, TransportError> {
+    Listener::bind(net, addr)
         .await
         .map_err(|source| TransportError::Bind { addr, source })
 }
 
 impl Inner {
-    pub(crate) async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+    pub(crate) async fn accept_loop(self: Arc<Self>, listener: Listener) {
         let closing = self.shared.events.closing.clone();
         loop {
             let accepted = tokio::select! {
@@ -58,7 +57,7 @@ impl Inner {
             .try_emit(Event::Refused { remote, reason });
     }
 
-    async fn inbound(self: Arc<Self>, sock: TcpStream, remote: SocketAddr, slot: Slot) {
+    async fn inbound(self: Arc<Self>, sock: Stream, remote: SocketAddr, slot: Slot) {
         let _ = sock.set_nodelay(true);
         let (r, mut w) = sock.into_split();
         let mut reader = handshake::noise_reader(r);

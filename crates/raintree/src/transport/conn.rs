@@ -14,7 +14,6 @@ use futures::StreamExt;
 use raintree_proto::wire::Message;
 use raintree_proto::Address;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +23,7 @@ use super::events::{Emitter, Event, Responder};
 use super::framing::{FrameError, Opener, Sealer};
 use super::handshake::NoiseReader;
 use super::metrics::{kind_index, TransportMetrics};
+use crate::net::{ReadHalf, WriteHalf};
 
 /// What every connection of one transport shares; owned by the pool, read by connections.
 pub(crate) struct Shared {
@@ -119,8 +119,8 @@ pub(crate) async fn run<S: Send + 'static>(
     link: Arc<dyn PoolLink>,
     conn: ConnRef,
     cipher: Arc<snow::StatelessTransportState>,
-    reader: NoiseReader,
-    writer: OwnedWriteHalf,
+    reader: NoiseReader<ReadHalf>,
+    writer: WriteHalf,
     inbound: bool,
     slot: S,
 ) {
@@ -209,7 +209,7 @@ struct ReadCtx<'a> {
 async fn read_loop(
     ctx: ReadCtx<'_>,
     mut opener: Opener,
-    mut reader: NoiseReader,
+    mut reader: NoiseReader<ReadHalf>,
     abort: &CancellationToken,
     write_done: &CancellationToken,
     activity: &Activity,
@@ -278,7 +278,7 @@ async fn read_loop(
 }
 
 /// Writes `out` unless the connection is aborted first; false if it was not written.
-async fn write_out(w: &mut OwnedWriteHalf, out: &[u8], abort: &CancellationToken) -> bool {
+async fn write_out(w: &mut WriteHalf, out: &[u8], abort: &CancellationToken) -> bool {
     tokio::select! {
         r = w.write_all(out) => r.is_ok(),
         _ = abort.cancelled() => false,
@@ -291,7 +291,7 @@ async fn write_loop(
     link: Arc<dyn PoolLink>,
     conn: ConnRef,
     mut sealer: Sealer,
-    mut w: OwnedWriteHalf,
+    mut w: WriteHalf,
     abort: CancellationToken,
     write_done: CancellationToken,
     activity: Arc<Activity>,

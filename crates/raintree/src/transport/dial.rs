@@ -4,12 +4,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::events::Event;
 use super::handshake::{self, HandshakeError};
 use super::registry::{Inner, Peer, Slot};
+use crate::net::Stream;
 
 /// The wait before the next dial after `failures` failed dials in a row: `base` doubling per
 /// failure, at most `max`.
@@ -35,7 +35,7 @@ impl Inner {
             }
         }
         let attempt = async {
-            let sock = TcpStream::connect(addr).await?;
+            let sock = Stream::connect(self.config.net, addr).await?;
             let _ = sock.set_nodelay(true);
             let (r, mut w) = sock.into_split();
             let mut reader = handshake::noise_reader(r);

@@ -43,6 +43,8 @@ pub use identity::Identity;
 pub use metrics::TransportMetrics;
 pub use shutdown::ShutdownReport;
 
+use crate::net::Net;
+
 use registry::Inner;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -81,6 +83,8 @@ pub struct TransportConfig {
     pub batch_bytes: usize,
     /// After sending Goodbye, how long to wait for the peer to close its side.
     pub linger: Duration,
+    /// The network the sockets live on: real TCP, or turmoil's simulation under test.
+    pub net: Net,
 }
 
 impl TransportConfig {
@@ -101,6 +105,7 @@ impl TransportConfig {
             event_capacity: 4096,
             batch_bytes: 256 * 1024,
             linger: Duration::from_secs(2),
+            net: Net::default(),
         }
     }
 }
@@ -205,7 +210,7 @@ impl Transport {
         metrics: TransportMetrics,
     ) -> Result<(Transport, Events), TransportError> {
         config.check()?;
-        let listener = accept::bind(config.listen).await?;
+        let listener = accept::bind(config.net, config.listen).await?;
         let (inner, rx) = Inner::start(listener, identity, config, metrics)?;
         Ok((Transport { inner }, Events { rx }))
     }

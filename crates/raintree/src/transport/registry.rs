@@ -10,8 +10,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use raintree_proto::wire::Message;
 use raintree_proto::Address;
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -24,6 +22,7 @@ use super::metrics::TransportMetrics;
 use super::queue::PeerQueue;
 use super::tiebreak;
 use super::{lock, Identity, RequestError, SendError, TransportConfig, TransportError};
+use crate::net::{Listener, ReadHalf, WriteHalf};
 
 /// A request's waiter.
 pub(crate) type Pending = oneshot::Sender<Result<Bytes, RequestError>>;
@@ -139,7 +138,7 @@ impl Drop for Slot {
 impl Inner {
     /// Starts the pool on a bound listener (`config` already checked).
     pub(crate) fn start(
-        listener: TcpListener,
+        listener: Listener,
         identity: Identity,
         config: TransportConfig,
         metrics: TransportMetrics,
@@ -347,8 +346,8 @@ impl Inner {
         self: Arc<Self>,
         peer: Arc<Peer>,
         est: handshake::Established,
-        reader: handshake::NoiseReader,
-        writer: OwnedWriteHalf,
+        reader: handshake::NoiseReader<ReadHalf>,
+        writer: WriteHalf,
         inbound: bool,
         slot: Slot,
     ) {
