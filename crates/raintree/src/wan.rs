@@ -70,6 +70,8 @@ pub fn builder(
     b.min_message_latency(latency)
         .max_message_latency(latency + jitter)
         .rng_seed(seed)
+        // A fixed simulated wall clock, so origin timestamps replay too.
+        .epoch(std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000))
         .simulation_duration(limit)
         // Socket buffers in segments: large enough that a burst never resets a connection.
         .tcp_capacity(1 << 16);
@@ -81,15 +83,17 @@ pub fn builder(
 pub enum Scenario {
     /// Steady WAN links.
     Steady,
-    /// The nodes split in two halves that cannot reach each other for the middle third of the
-    /// broadcast phase; segments wait on the links (as TCP retransmits) and flow on healing.
+    /// The nodes split in two halves that cannot reach each other from a third into the
+    /// broadcast phase for a third of it (at least 2 s); segments wait on the links (as TCP
+    /// retransmits) and flow on healing.
     Partition,
-    /// 10% of the nodes crash a third of the way in and restart, same identity, at two thirds.
+    /// 10% of the nodes crash a third of the way in and restart, same identity, a third of the
+    /// phase (at least 2 s) later.
     Crash,
     /// 10% of the nodes' applications take 50 ms to read each delivery.
     SlowApp,
     /// Every node drops 10% of the peers from its list a third of the way in and adds them
-    /// back at two thirds.
+    /// back a third of the phase (at least 2 s) later.
     PeerChange,
 }
 
@@ -219,6 +223,8 @@ pub struct Report {
 
 /// Broadcasts start once every node has had time to listen.
 const WARMUP: Duration = Duration::from_millis(500);
+/// The shortest disturbance: longer than an ACK deadline, a dial back-off and a handshake.
+const DISTURBANCE: Duration = Duration::from_secs(2);
 /// How long after the last broadcast the run waits before shutting down.
 const SETTLE: Duration = Duration::from_secs(5);
 /// The graceful shutdown's deadline.
@@ -276,7 +282,8 @@ impl Plan {
             .map(|k| steady[k % steady.len()])
             .collect();
         let phase = cfg.interval * cfg.messages as u32;
-        let window = (WARMUP + phase / 3, WARMUP + phase * 2 / 3);
+        let start = WARMUP + phase / 3;
+        let window = (start, start + (phase / 3).max(DISTURBANCE));
         Plan {
             cfg: cfg.clone(),
             origin,
@@ -323,7 +330,7 @@ pub fn run(cfg: &WanConfig) -> Result<Report, String> {
         done: 0,
     }));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let end = plan.at(cfg.messages) + SETTLE;
+    let end = plan.at(cfg.messages).max(plan.window.1) + SETTLE;
     let limit = end + SHUTDOWN * 4;
     let mut sim = builder(cfg.latency, cfg.jitter, cfg.seed, limit).build();
     for i in 0..n {
