@@ -24,6 +24,29 @@ struct Net {
     dead: Vec<bool>,
 }
 
+/// Node `i`'s outputs onto the in-order network (through `drive::drain`).
+struct NetOut<'a> {
+    i: usize,
+    list: &'a PeerList,
+    queue: &'a mut VecDeque<(usize, usize, Message)>,
+    writes: &'a mut [u32],
+    delivered: &'a mut [u32],
+}
+
+impl crate::drive::Sink for NetOut<'_> {
+    fn send(&mut self, to: Address, message: Message) {
+        let j = self.list.position(&to).unwrap();
+        if matches!(message, Message::Gossip(_)) {
+            self.writes[self.i] += 1;
+        }
+        self.queue.push_back((self.i, j, message));
+    }
+
+    fn deliver(&mut self, _: MessageId, _: Bytes, _: u64, _: u32) {
+        self.delivered[self.i] += 1;
+    }
+}
+
 impl Net {
     fn new(n: usize, config: Config) -> Self {
         let list = Arc::new(PeerList::new((0..n as u64).map(Address::from_index)));
@@ -45,18 +68,22 @@ impl Net {
     }
 
     fn drain(&mut self, i: usize) {
-        while let Some(out) = self.engines[i].poll_output() {
-            match out {
-                Output::Send { to, message } => {
-                    let j = self.list.position(&to).unwrap();
-                    if matches!(message, Message::Gossip(_)) {
-                        self.writes[i] += 1;
-                    }
-                    self.queue.push_back((i, j, message));
-                }
-                Output::Deliver { .. } => self.delivered[i] += 1,
-            }
-        }
+        let Net {
+            list,
+            engines,
+            queue,
+            writes,
+            delivered,
+            ..
+        } = self;
+        let mut out = NetOut {
+            i,
+            list,
+            queue,
+            writes,
+            delivered,
+        };
+        crate::drive::drain(&mut engines[i], &mut out);
     }
 
     fn run(&mut self, now: Duration) {
