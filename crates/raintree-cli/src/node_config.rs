@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use raintree::node::{NodeConfig, PeerEntry};
-use raintree::transport::Identity;
+use raintree::transport::{Identity, TransportConfig};
 use raintree_proto::broadcast::{Config as ProtocolConfig, Redundancy};
 use raintree_proto::wire::Strategy;
 use raintree_proto::Address;
@@ -69,7 +69,7 @@ pub struct FileConfig {
     pub handshake_timeout_ms: u64,
     /// Idle connections close after this many seconds. Default 300.
     pub idle_timeout_s: u64,
-    /// Per-peer send queue bound in bytes. Default 16777216 (16 MiB).
+    /// Per-peer send queue bound in bytes. Default 33554432 (32 MiB).
     pub queue_bytes: usize,
     /// Seconds a graceful shutdown may spend draining queues. Default 5.
     pub shutdown_deadline_s: u64,
@@ -81,13 +81,14 @@ impl Default for FileConfig {
     fn default() -> Self {
         // Protocol defaults come from the engine so the file and the library never disagree.
         let p = ProtocolConfig::default();
+        let t = TransportConfig::new(SocketAddr::from(([127, 0, 0, 1], 7000)));
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         Self {
             key: String::new(),
-            listen: SocketAddr::from(([127, 0, 0, 1], 7000)),
+            listen: t.listen,
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             open: false,
-            strategy: Strategy::Exact,
+            strategy: p.strategy,
             redundancy: p.redundancy,
             acks: p.acks,
             ack_timeout_ms: ms(p.ack_timeout),
@@ -101,11 +102,11 @@ impl Default for FileConfig {
             seen_capacity: p.seen_capacity,
             seen_ttl_s: p.seen_ttl.as_secs(),
             max_payload_bytes: p.max_payload,
-            max_inbound: 125,
-            max_outbound: 125,
-            handshake_timeout_ms: 5000,
-            idle_timeout_s: 300,
-            queue_bytes: 16 * 1024 * 1024,
+            max_inbound: t.max_inbound,
+            max_outbound: t.max_outbound,
+            handshake_timeout_ms: ms(t.handshake_timeout),
+            idle_timeout_s: t.idle_timeout.as_secs(),
+            queue_bytes: t.queue_bytes,
             shutdown_deadline_s: 5,
             peers: Vec::new(),
         }

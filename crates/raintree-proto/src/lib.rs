@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod broadcast;
+pub mod drive;
 pub mod peers;
 pub mod sim;
 pub mod tree;

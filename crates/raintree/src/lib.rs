@@ -4,8 +4,11 @@
 #![warn(missing_docs)]
 
 pub mod metrics;
+pub mod net;
 pub mod node;
 pub mod transport;
+#[cfg(feature = "turmoil")]
+pub mod wan;
 
 pub use raintree_proto as proto;
 

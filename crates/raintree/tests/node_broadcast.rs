@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use bytes::Bytes;
-use raintree::node::{Delivery, Node, NodeConfig, NodeStreams, PeerEntry};
+use raintree::node::{Delivery, Node, NodeConfig, NodeError, NodeStreams, PeerEntry};
 use raintree::proto::broadcast::{Config, Redundancy};
 use raintree::proto::wire::Strategy;
 use raintree::transport::Identity;
@@ -22,6 +22,8 @@ async fn network(n: usize, protocol: Config) -> Vec<(Node, NodeStreams)> {
             Vec::new(),
         );
         cfg.protocol = protocol.clone();
+        // Both layers must agree on the payload limit (Node::start checks it).
+        cfg.transport.max_payload = protocol.max_payload;
         nodes.push(Node::start(cfg).await.expect("node starts"));
     }
     let entries: Vec<PeerEntry> = nodes
@@ -248,4 +250,36 @@ async fn peer_list_changes_apply_to_new_broadcasts() {
         .unwrap();
     assert_eq!(next_delivery(&mut nodes[3].1).await.id, second);
     shutdown_all(nodes).await;
+}
+
+#[tokio::test]
+async fn start_refuses_disagreeing_payload_limits() {
+    let mut cfg = NodeConfig::new(
+        Identity::generate(),
+        "127.0.0.1:0".parse().unwrap(),
+        Vec::new(),
+    );
+    cfg.protocol.max_payload = 1024;
+    cfg.transport.max_payload = 2048;
+    match Node::start(cfg).await {
+        Err(NodeError::MaxPayloadMismatch {
+            transport: 2048,
+            protocol: 1024,
+        }) => {}
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a node with disagreeing payload limits started"),
+    }
+}
+
+#[test]
+fn library_and_protocol_defaults_agree() {
+    // A library node and a CLI node (whose file defaults come from these) must accept each
+    // other: same strategy, same payload limit on both layers.
+    let cfg = NodeConfig::new(
+        Identity::generate(),
+        "127.0.0.1:0".parse().unwrap(),
+        Vec::new(),
+    );
+    assert_eq!(cfg.protocol.strategy, Strategy::Exact);
+    assert_eq!(cfg.protocol.max_payload, cfg.transport.max_payload);
 }

@@ -6,11 +6,22 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use indicatif::ProgressBar;
+use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use super::report::FailedNode;
 use crate::cmd_node::READY_PREFIX;
+
+/// A node that did not behave.
+#[derive(Clone, Debug, Serialize)]
+pub struct FailedNode {
+    /// Sorted position in the peer list.
+    pub position: usize,
+    /// Its address.
+    pub address: String,
+    /// What went wrong.
+    pub reason: String,
+}
 
 /// One node process and what the harness knows of it.
 pub struct Member {

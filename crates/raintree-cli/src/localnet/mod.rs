@@ -28,9 +28,9 @@ use rand::SeedableRng;
 use crate::cmd_sim::OnOff;
 use crate::node_config::{FileConfig, PeerConfig};
 use collect::{Admin, Deliveries, MsgKey, NodeStats};
-use fleet::Fleet;
+use fleet::{FailedNode, Fleet};
 use prometheus::{PromCheck, Prometheus};
-use report::{FailedNode, Report, RssSample, RunData, Sent, Settings};
+use report::{Report, RssSample, RunData, Sent, Settings};
 
 /// `raintree localnet` options.
 #[derive(clap::Args, Debug, Clone)]

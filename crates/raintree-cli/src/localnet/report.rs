@@ -7,6 +7,7 @@ use raintree_proto::wire::Strategy;
 use serde::Serialize;
 
 use super::collect::{Deliveries, EngineCounters, MsgKey, NodeStats};
+use super::fleet::FailedNode;
 use super::prometheus::PromCheck;
 
 /// Latency percentiles in milliseconds.
@@ -18,17 +19,6 @@ pub struct Latency {
     pub p99: f64,
     /// The slowest message.
     pub max: f64,
-}
-
-/// A node that did not behave.
-#[derive(Clone, Debug, Serialize)]
-pub struct FailedNode {
-    /// Sorted position in the peer list.
-    pub position: usize,
-    /// Its address.
-    pub address: String,
-    /// What went wrong.
-    pub reason: String,
 }
 
 /// A measured broadcast as the harness sent it.

@@ -140,7 +140,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            strategy: Strategy::Reference,
+            strategy: Strategy::Exact,
             acks: true,
             ack_timeout: Duration::from_millis(500),
             min_ack_timeout: Duration::from_millis(200),

@@ -24,6 +24,29 @@ struct Net {
     dead: Vec<bool>,
 }
 
+/// Node `i`'s outputs onto the in-order network (through `drive::drain`).
+struct NetOut<'a> {
+    i: usize,
+    list: &'a PeerList,
+    queue: &'a mut VecDeque<(usize, usize, Message)>,
+    writes: &'a mut [u32],
+    delivered: &'a mut [u32],
+}
+
+impl crate::drive::Sink for NetOut<'_> {
+    fn send(&mut self, to: Address, message: Message) {
+        let j = self.list.position(&to).unwrap();
+        if matches!(message, Message::Gossip(_)) {
+            self.writes[self.i] += 1;
+        }
+        self.queue.push_back((self.i, j, message));
+    }
+
+    fn deliver(&mut self, _: MessageId, _: Bytes, _: u64, _: u32) {
+        self.delivered[self.i] += 1;
+    }
+}
+
 impl Net {
     fn new(n: usize, config: Config) -> Self {
         let list = Arc::new(PeerList::new((0..n as u64).map(Address::from_index)));
@@ -45,18 +68,22 @@ impl Net {
     }
 
     fn drain(&mut self, i: usize) {
-        while let Some(out) = self.engines[i].poll_output() {
-            match out {
-                Output::Send { to, message } => {
-                    let j = self.list.position(&to).unwrap();
-                    if matches!(message, Message::Gossip(_)) {
-                        self.writes[i] += 1;
-                    }
-                    self.queue.push_back((i, j, message));
-                }
-                Output::Deliver { .. } => self.delivered[i] += 1,
-            }
-        }
+        let Net {
+            list,
+            engines,
+            queue,
+            writes,
+            delivered,
+            ..
+        } = self;
+        let mut out = NetOut {
+            i,
+            list,
+            queue,
+            writes,
+            delivered,
+        };
+        crate::drive::drain(&mut engines[i], &mut out);
     }
 
     fn run(&mut self, now: Duration) {
@@ -92,11 +119,19 @@ impl Net {
     }
 }
 
+/// The reference strategy (SPEC 2), which is no longer the default.
+fn reference() -> Config {
+    Config {
+        strategy: Strategy::Reference,
+        ..Config::default()
+    }
+}
+
 fn conformance() -> Config {
     Config {
         acks: false,
         forward_duplicates: true,
-        ..Config::default()
+        ..reference()
     }
 }
 
@@ -210,14 +245,14 @@ fn errors_are_typed_and_emit_nothing() {
     let list = Arc::new(PeerList::new((0..3).map(Address::from_index)));
     let stranger = Address::from_index(99);
     assert_eq!(
-        Engine::new(Config::default(), stranger, list.clone(), 1).err(),
+        Engine::new(reference(), stranger, list.clone(), 1).err(),
         Some(EngineError::NotInPeerList)
     );
     let me = list.get(0).unwrap();
     let mut e = Engine::new(
         Config {
             max_payload: 4,
-            ..Config::default()
+            ..reference()
         },
         me,
         list.clone(),
@@ -281,7 +316,7 @@ fn tree_copies_are_acked_even_when_duplicate() {
     let list = Arc::new(PeerList::new((0..9).map(Address::from_index)));
     let me = list.get(4).unwrap();
     let from = list.get(0).unwrap();
-    let mut e = Engine::new(Config::default(), me, list.clone(), 3).unwrap();
+    let mut e = Engine::new(reference(), me, list.clone(), 3).unwrap();
     let id = MessageId {
         origin: from,
         nonce: 1,
@@ -310,7 +345,7 @@ fn level_aware_dedup_forwards_only_new_levels() {
     let mut e = Engine::new(
         Config {
             acks: false,
-            ..Config::default()
+            ..reference()
         },
         list.get(5).unwrap(),
         list.clone(),
@@ -347,7 +382,7 @@ fn level_aware_dedup_forwards_only_new_levels() {
 #[test]
 fn reference_resends_to_neighbours_of_a_dead_target() {
     let list = Arc::new(PeerList::new((0..27).map(Address::from_index)));
-    let mut e = Engine::new(Config::default(), list.get(0).unwrap(), list.clone(), 1).unwrap();
+    let mut e = Engine::new(reference(), list.get(0).unwrap(), list.clone(), 1).unwrap();
     e.broadcast(T0, Bytes::from_static(b"x"), 0).unwrap();
     let mut sends = 0;
     while let Some(Output::Send {
@@ -368,7 +403,7 @@ fn reference_resends_to_neighbours_of_a_dead_target() {
     assert_eq!(sends, 6);
     // Five ACKs measured round trips of 0: the deadline is the configured minimum, not the
     // initial 500 ms.
-    let due = Config::default().min_ack_timeout;
+    let due = reference().min_ack_timeout;
     assert_eq!(e.poll_timeout(), Some(due));
     e.handle_timeout(due);
     let resent: Vec<(Option<usize>, u32, Route)> = std::iter::from_fn(|| e.poll_output())
@@ -390,7 +425,7 @@ fn reference_resends_to_neighbours_of_a_dead_target() {
         (5, 1, 2, 0)
     );
     // Replacements expect no ACK: nothing is pending but the seen-set's age limit.
-    assert_eq!(e.poll_timeout(), Some(Config::default().seen_ttl));
+    assert_eq!(e.poll_timeout(), Some(reference().seen_ttl));
 }
 
 fn exact() -> Config {
@@ -608,7 +643,7 @@ fn redundancy_fills_tree_gaps_along_the_ring() {
     // Without ACKs a dead tree node's subtree is lost; the right-ring push recovers it.
     let base = Config {
         acks: false,
-        ..Config::default()
+        ..reference()
     };
     let mut plain = Net::new(27, base.clone());
     plain.dead[9] = true;

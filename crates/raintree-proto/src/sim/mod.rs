@@ -30,7 +30,8 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::broadcast::{Config, Engine, EngineError, Output, Redundancy, SplitMix64, Stats};
+use crate::broadcast::{Config, Engine, EngineError, Redundancy, SplitMix64, Stats};
+use crate::drive::{self, Sink};
 use crate::peers::{Address, PeerList};
 use crate::wire::{Message, MessageId, Strategy};
 use queue::{EventKind, Queue};
@@ -360,6 +361,28 @@ struct Sim<'a> {
     crashed_stats: Stats,
 }
 
+/// Node `i`'s outputs, as the simulator takes them (through [`drive::drain`]).
+struct NodeOut<'s, 'a> {
+    sim: &'s mut Sim<'a>,
+    i: usize,
+}
+
+impl Sink for NodeOut<'_, '_> {
+    fn send(&mut self, to: Address, message: Message) {
+        self.sim.send(self.i, to, message);
+    }
+
+    fn deliver(&mut self, id: MessageId, _: Bytes, _: u64, hops: u32) {
+        let sim = &mut *self.sim;
+        sim.deliveries += 1;
+        sim.max_hops = sim.max_hops.max(hops);
+        if let Some(&b) = sim.by_id.get(&id) {
+            let t = &mut sim.tracked[b];
+            t.had_at[self.i] = t.had_at[self.i].min(sim.now);
+        }
+    }
+}
+
 impl<'a> Sim<'a> {
     fn new(cfg: &'a SimConfig) -> Self {
         let n = cfg.nodes;
@@ -605,19 +628,7 @@ impl<'a> Sim<'a> {
     }
 
     fn drain(&mut self, i: usize, engine: &mut Engine) {
-        while let Some(out) = engine.poll_output() {
-            match out {
-                Output::Send { to, message } => self.send(i, to, message),
-                Output::Deliver { id, hops, .. } => {
-                    self.deliveries += 1;
-                    self.max_hops = self.max_hops.max(hops);
-                    if let Some(&b) = self.by_id.get(&id) {
-                        let t = &mut self.tracked[b];
-                        t.had_at[i] = t.had_at[i].min(self.now);
-                    }
-                }
-            }
-        }
+        drive::drain(engine, &mut NodeOut { sim: self, i });
         if let Some(t) = engine.poll_timeout() {
             let t = nanos(t);
             if t < self.timer_at[i] {

@@ -13,6 +13,11 @@ fn exact(c: &mut SimConfig) {
     c.protocol.strategy = Strategy::Exact;
 }
 
+/// The reference strategy (SPEC 2), which is no longer the default.
+fn reference(c: &mut SimConfig) {
+    c.protocol.strategy = Strategy::Reference;
+}
+
 #[test]
 fn same_seed_same_report_byte_for_byte() {
     let go = |seed| {
@@ -32,6 +37,7 @@ fn same_seed_same_report_byte_for_byte() {
 #[test]
 fn forward_duplicates_reproduces_the_spec_table() {
     let r = sim(12, |c| {
+        reference(c);
         c.protocol.acks = false;
         c.protocol.forward_duplicates = true;
         c.per_node = true;
@@ -64,16 +70,19 @@ fn exact_tree_is_minimal_without_failures() {
 
 #[test]
 fn reference_tree_leaves_gaps_off_powers_of_three() {
-    let full = sim(729, |_| {});
+    let full = sim(729, reference);
     assert_eq!(full.covered, 729);
-    let gappy = sim(1000, |_| {});
+    let gappy = sim(1000, reference);
     assert!(gappy.covered < 1000);
     assert_eq!(gappy.time_to_full_ms, None);
 }
 
 #[test]
 fn dead_nodes_with_cleanup_reach_every_live_node() {
-    let without = sim(1000, |c| c.dead_percent = 10.0);
+    let without = sim(1000, |c| {
+        reference(c);
+        c.dead_percent = 10.0;
+    });
     assert!(without.covered < without.live);
     assert_eq!(without.igyw, 0);
     for strategy in [Strategy::Reference, Strategy::Exact] {
@@ -233,6 +242,7 @@ fn cleanup_fills_long_gaps_in_bounded_time() {
     // Without ACKs a dead reference node loses its whole subtree: long runs of misses that a
     // one-node-at-a-time chain would walk for seconds per hundred nodes.
     let r = sim(2000, |c| {
+        reference(c);
         c.protocol.acks = false;
         c.protocol.cleanup = true;
         c.dead_percent = 30.0;

@@ -3,7 +3,11 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use raintree_proto::broadcast::{Engine, Output, Stats};
+use bytes::Bytes;
+use raintree_proto::broadcast::{Engine, Stats};
+use raintree_proto::drive::{self, Input, Sink};
+use raintree_proto::wire::{Message, MessageId};
+use raintree_proto::Address;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -37,16 +41,18 @@ impl Driver {
         loop {
             // Overdue timers first on every turn, so a steady stream of events cannot delay
             // ACK deadlines or clean-up offers.
-            let now = start.elapsed();
-            if self.engine.poll_timeout().is_some_and(|t| t <= now) {
-                self.engine.handle_timeout(now);
-            }
+            drive::fire_due(&mut self.engine, start.elapsed());
             // Publish the step's counters before its outputs leave, so anyone who sees an
             // effect of this step (a delivery downstream) also sees the counters behind it.
             let stats = self.engine.stats();
             self.metrics.sync(&mut last, stats);
             self.stats.send_replace(stats.clone());
-            self.flush(&mut waiting);
+            let mut out = Outputs {
+                transport: &self.transport,
+                metrics: &self.metrics,
+                waiting: &mut waiting,
+            };
+            drive::drain(&mut self.engine, &mut out);
             waiting.push_ready(&deliveries);
             // Past the byte bound the node stops reading the network (peers see backpressure),
             // but its timers, ACK deadlines and commands still run.
@@ -54,7 +60,12 @@ impl Driver {
             let deadline = self.engine.poll_timeout().map(|d| start + d);
             tokio::select! {
                 biased;
-                _ = self.stop.cancelled() => break,
+                _ = self.stop.cancelled() => {
+                    // Every delivery here was ACKed already: hand them all to the application
+                    // (without making shutdown wait for it to read them).
+                    waiting.hand_over(deliveries.clone());
+                    break;
+                }
                 _ = sleep_until(deadline) => {}
                 permit = deliveries.reserve(), if !waiting.is_empty() => match permit {
                     Ok(permit) => waiting.send_one(permit),
@@ -76,12 +87,18 @@ impl Driver {
     fn command(&mut self, now: Duration, cmd: Command) {
         match cmd {
             Command::Broadcast { payload, reply } => {
-                let r = self.engine.broadcast(now, payload, unix_micros());
-                let _ = reply.send(r);
+                let input = Input::Broadcast {
+                    payload,
+                    origin_time_us: unix_micros(),
+                };
+                // A broadcast is answered with its id or the reason it was refused.
+                if let Some(r) = drive::apply(&mut self.engine, now, input).transpose() {
+                    let _ = reply.send(r);
+                }
             }
             Command::SetPeers(list) => {
                 self.metrics.set_peers(list.len());
-                if let Err(e) = self.engine.set_peers(list) {
+                if let Err(e) = drive::apply(&mut self.engine, now, Input::SetPeers(list)) {
                     tracing::warn!(error = %e, "peer list refused");
                 }
             }
@@ -92,7 +109,11 @@ impl Driver {
         match ev {
             Event::Message { peer, message } => {
                 let kind = message.kind();
-                if let Err(e) = self.engine.handle_message(now, peer, message) {
+                let input = Input::Message {
+                    from: peer,
+                    message,
+                };
+                if let Err(e) = drive::apply(&mut self.engine, now, input) {
                     tracing::debug!(%peer, kind, error = %e, "message refused");
                 }
             }
@@ -118,7 +139,7 @@ impl Driver {
                 tracing::debug!(%peer, %reason, lost, "connection down");
                 if lost {
                     // Sends awaiting this peer's answer fail now instead of at their deadline.
-                    self.engine.peer_unreachable(now, peer);
+                    let _ = drive::apply(&mut self.engine, now, Input::Unreachable(peer));
                 }
             }
             Event::Refused { remote, reason } => {
@@ -126,33 +147,34 @@ impl Driver {
             }
         }
     }
+}
 
-    /// Hands every pending engine output to the transport, and deliveries to the buffer that
-    /// feeds the application: never waits, so the protocol never waits on the application.
-    fn flush(&mut self, waiting: &mut DeliveryBuffer) {
-        while let Some(out) = self.engine.poll_output() {
-            match out {
-                Output::Send { to, message } => self.transport.write(to, message),
-                Output::Deliver {
-                    id,
-                    payload,
-                    origin_time_us,
-                    hops,
-                } => {
-                    let now = unix_micros();
-                    if origin_time_us > 0 && now >= origin_time_us {
-                        self.metrics
-                            .observe_latency((now - origin_time_us) as f64 / 1_000_000.0);
-                    }
-                    waiting.push(Delivery {
-                        id,
-                        payload,
-                        origin_time_us,
-                        hops,
-                    });
-                }
-            }
+/// Where the engine's outputs go: sends to the transport (fire-and-forget), deliveries to the
+/// buffer that feeds the application. Never waits, so the protocol never waits on the
+/// application.
+struct Outputs<'a> {
+    transport: &'a Transport,
+    metrics: &'a NodeMetrics,
+    waiting: &'a mut DeliveryBuffer,
+}
+
+impl Sink for Outputs<'_> {
+    fn send(&mut self, to: Address, message: Message) {
+        self.transport.write(to, message);
+    }
+
+    fn deliver(&mut self, id: MessageId, payload: Bytes, origin_time_us: u64, hops: u32) {
+        let now = unix_micros();
+        if origin_time_us > 0 && now >= origin_time_us {
+            self.metrics
+                .observe_latency((now - origin_time_us) as f64 / 1_000_000.0);
         }
+        self.waiting.push(Delivery {
+            id,
+            payload,
+            origin_time_us,
+            hops,
+        });
     }
 }
 
@@ -183,6 +205,24 @@ impl DeliveryBuffer {
             self.bytes -= d.payload.len();
             permit.send(d);
         }
+    }
+
+    /// Feeds the rest to the application from a task of its own that ends when every
+    /// delivery is read or the application drops its stream; the stream ends after them.
+    fn hand_over(&mut self, tx: mpsc::Sender<Delivery>) {
+        self.push_ready(&tx);
+        if self.is_empty() {
+            return;
+        }
+        let rest = std::mem::take(&mut self.queue);
+        self.bytes = 0;
+        tokio::spawn(async move {
+            for d in rest {
+                if tx.send(d).await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     /// Moves deliveries into the application's channel while it has room.

@@ -53,6 +53,8 @@ pub struct NodeConfig {
     pub delivery_buffer_bytes: usize,
     /// Incoming requests buffered for the application; past this they are refused.
     pub request_capacity: usize,
+    /// Seed of the engine's RNG; `None` draws one. Fixed seeds make simulations replay.
+    pub seed: Option<u64>,
 }
 
 impl NodeConfig {
@@ -66,6 +68,7 @@ impl NodeConfig {
             delivery_capacity: 4096,
             delivery_buffer_bytes: 64 * 1024 * 1024,
             request_capacity: 1024,
+            seed: None,
         }
     }
 }
@@ -119,6 +122,15 @@ pub enum NodeError {
     /// The node has shut down.
     #[error("node is shut down")]
     Shutdown,
+    /// The transport and the protocol disagree on the largest payload: a broadcast the engine
+    /// accepts would be refused by the transport (or a frame accepted that the engine refuses).
+    #[error("transport max_payload {transport} differs from protocol max_payload {protocol}")]
+    MaxPayloadMismatch {
+        /// `NodeConfig::transport.max_payload`.
+        transport: usize,
+        /// `NodeConfig::protocol.max_payload`.
+        protocol: usize,
+    },
 }
 
 pub(crate) enum Command {
@@ -157,7 +169,14 @@ impl Node {
             delivery_capacity,
             delivery_buffer_bytes,
             request_capacity,
+            seed,
         } = config;
+        if transport.max_payload != protocol.max_payload {
+            return Err(NodeError::MaxPayloadMismatch {
+                transport: transport.max_payload,
+                protocol: protocol.max_payload,
+            });
+        }
         let address = identity.address();
         let book = peer_book(address, &peers);
         transport.peers = book.clone();
@@ -170,7 +189,7 @@ impl Node {
         node_metrics.register(&mut registry);
         node_metrics.set_peers(list.len());
 
-        let seed = rand::random::<u64>();
+        let seed = seed.unwrap_or_else(rand::random);
         let engine = broadcast::Engine::new(protocol, address, list, seed)?;
         let (transport, events) = Transport::bind(identity, transport, transport_metrics).await?;
 
@@ -342,8 +361,13 @@ impl Node {
     }
 }
 
-/// Microseconds since the Unix epoch: the origin timestamp carried for latency metrics.
+/// Microseconds since the Unix epoch: the origin timestamp carried for latency metrics
+/// (inside a turmoil simulation, the simulated clock's).
 pub fn unix_micros() -> u64 {
+    #[cfg(feature = "turmoil")]
+    if let Some(d) = turmoil::since_epoch() {
+        return u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    }
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))

@@ -7,20 +7,92 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use raintree_proto::wire::Message;
+use raintree_proto::Address;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use super::events::{Emitter, Event, Responder};
 use super::framing::{FrameError, Opener, Sealer};
 use super::handshake::NoiseReader;
-use super::metrics::kind_index;
-use super::pool::{ConnRef, Inner, Peer, Slot};
-use super::{Event, Responder};
+use super::metrics::{kind_index, TransportMetrics};
+use crate::net::{ReadHalf, WriteHalf};
+
+/// What every connection of one transport shares; owned by the pool, read by connections.
+pub(crate) struct Shared {
+    pub metrics: TransportMetrics,
+    pub events: Emitter,
+    /// Deadline passed: every task stops now.
+    pub kill: CancellationToken,
+    pub tracker: TaskTracker,
+    /// Messages taken by a writer whose write failed or was aborted.
+    pub lost: AtomicU64,
+    /// Instant the transport started, the origin of [`Activity`] timestamps.
+    pub epoch: Instant,
+    pub max_payload: usize,
+    pub max_frame: usize,
+    pub batch_bytes: usize,
+    pub idle_timeout: Duration,
+    pub linger: Duration,
+}
+
+/// The few things a connection asks of the pool about its peer: the narrow handle through
+/// which `conn` sees the pool (it never sees the pool's state).
+pub(crate) trait PoolLink: Send + Sync + 'static {
+    /// The peer this connection serves.
+    fn peer(&self) -> Address;
+    /// Takes up to `budget` bytes of messages (control first) for connection `conn`; false
+    /// when `conn` no longer serves the peer.
+    fn take(&self, conn: u64, budget: usize, out: &mut Vec<Message>) -> bool;
+    /// Completes the pending request `id`; false if nobody waits for it.
+    fn complete(&self, id: u64, payload: Bytes) -> bool;
+    /// The responder for request `id` from this peer.
+    fn responder(&self, id: u64) -> Responder;
+    /// Connection `conn` stops serving the peer (no-op if it already had).
+    fn detach(&self, conn: u64);
+    /// Connection `conn` has ended both ways.
+    fn ended(&self, conn: u64);
+}
+
+/// The connection currently serving a peer, as seen by the pool.
+#[derive(Clone)]
+pub(crate) struct ConnRef {
+    pub id: u64,
+    /// Who dialled it: decides simultaneous-dial ties.
+    pub dialer: Address,
+    /// Wakes this connection's writer.
+    pub wake: Arc<Notify>,
+    /// Asks the writer to finish: drain if still current, then Goodbye.
+    pub close: CancellationToken,
+    /// Why it was closed; the first reason given wins.
+    pub why: Arc<std::sync::OnceLock<&'static str>>,
+}
+
+impl ConnRef {
+    /// A fresh connection reference dialled by `dialer`.
+    pub fn new(id: u64, dialer: Address) -> Self {
+        Self {
+            id,
+            dialer,
+            wake: Arc::new(Notify::new()),
+            close: CancellationToken::new(),
+            why: Default::default(),
+        }
+    }
+
+    /// Closes this connection for `why` (sent in its Goodbye, reported in ConnectionDown).
+    pub fn close_with(&self, why: &'static str) {
+        let _ = self.why.set(why);
+        self.close.cancel();
+    }
+}
 
 /// Last traffic either way, in milliseconds since the transport's epoch.
 struct Activity {
@@ -35,55 +107,52 @@ impl Activity {
     }
 
     fn last(&self) -> Instant {
-        self.epoch + std::time::Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+        self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
     }
 }
 
-/// Runs a connection until both directions have finished; releases its slot afterwards.
+/// Runs a connection until both directions have finished. `slot` (the pool's connection
+/// slot) is released afterwards, before ConnectionDown is reported.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn run(
-    inner: Arc<Inner>,
-    peer: Arc<Peer>,
+pub(crate) async fn run<S: Send + 'static>(
+    shared: Arc<Shared>,
+    link: Arc<dyn PoolLink>,
     conn: ConnRef,
     cipher: Arc<snow::StatelessTransportState>,
-    reader: NoiseReader,
-    writer: OwnedWriteHalf,
+    reader: NoiseReader<ReadHalf>,
+    writer: WriteHalf,
     inbound: bool,
-    slot: Slot,
+    slot: S,
 ) {
     let direction = if inbound { "inbound" } else { "outbound" };
-    inner.metrics.conn_open(direction);
+    let peer = link.peer();
+    shared.metrics.conn_open(direction);
     let activity = Arc::new(Activity {
-        epoch: inner.epoch,
+        epoch: shared.epoch,
         last_ms: AtomicU64::new(0),
     });
     activity.touch();
-    let abort = inner.kill.child_token();
+    let abort = shared.kill.child_token();
     let write_done = CancellationToken::new();
-    let w = inner.tracker.spawn(write_loop(
-        Arc::clone(&inner),
-        Arc::clone(&peer),
+    let w = shared.tracker.spawn(write_loop(
+        Arc::clone(&shared),
+        Arc::clone(&link),
         conn.clone(),
-        Sealer::new(Arc::clone(&cipher), inner.max_frame),
+        Sealer::new(Arc::clone(&cipher), shared.max_frame),
         writer,
         abort.clone(),
         write_done.clone(),
         Arc::clone(&activity),
     ));
-    let events = inner.sender();
-    inner
-        .emit_via(
-            &events,
-            Event::ConnectionUp {
-                peer: peer.address,
-                inbound,
-            },
-        )
+    let events = shared.events.sender();
+    shared
+        .events
+        .emit_via(&events, Event::ConnectionUp { peer, inbound })
         .await;
-    let opener = Opener::new(cipher, inner.config.max_payload);
+    let opener = Opener::new(cipher, shared.max_payload);
     let ctx = ReadCtx {
-        inner: &inner,
-        peer: &peer,
+        shared: &shared,
+        link: &link,
         conn: &conn,
         events: &events,
     };
@@ -97,28 +166,22 @@ pub(crate) async fn run(
             }
         },
         Err(e) => {
-            inner.metrics.frame_error(e.label());
-            tracing::warn!(peer = %peer.address, error = %e, "connection closed on bad input");
+            shared.metrics.frame_error(e.label());
+            tracing::warn!(%peer, error = %e, "connection closed on bad input");
             abort.cancel();
             (format!("error: {e}"), true)
         }
     };
-    inner.detach(&peer, conn.id);
+    link.detach(conn.id);
     conn.close_with("closed");
     let _ = w.await;
-    inner.conn_ended(&peer, conn.id);
-    inner.metrics.conn_closed(direction);
+    link.ended(conn.id);
+    shared.metrics.conn_closed(direction);
     drop(slot);
-    tracing::debug!(peer = %peer.address, %reason, "connection down");
-    inner
-        .emit_via(
-            &events,
-            Event::ConnectionDown {
-                peer: peer.address,
-                reason,
-                lost,
-            },
-        )
+    tracing::debug!(%peer, %reason, "connection down");
+    shared
+        .events
+        .emit_via(&events, Event::ConnectionDown { peer, reason, lost })
         .await;
 }
 
@@ -137,8 +200,8 @@ fn remote_lost(remote: &str) -> bool {
 /// What the reader needs besides its stream.
 #[derive(Clone, Copy)]
 struct ReadCtx<'a> {
-    inner: &'a Arc<Inner>,
-    peer: &'a Arc<Peer>,
+    shared: &'a Arc<Shared>,
+    link: &'a Arc<dyn PoolLink>,
     conn: &'a ConnRef,
     events: &'a Option<tokio::sync::mpsc::Sender<Event>>,
 }
@@ -146,20 +209,21 @@ struct ReadCtx<'a> {
 async fn read_loop(
     ctx: ReadCtx<'_>,
     mut opener: Opener,
-    mut reader: NoiseReader,
+    mut reader: NoiseReader<ReadHalf>,
     abort: &CancellationToken,
     write_done: &CancellationToken,
     activity: &Activity,
 ) -> Result<String, FrameError> {
     let ReadCtx {
-        inner,
-        peer,
+        shared,
+        link,
         conn,
         events,
     } = ctx;
+    let peer = link.peer();
     let linger = async {
         write_done.cancelled().await;
-        tokio::time::sleep(inner.config.linger).await;
+        tokio::time::sleep(shared.linger).await;
     };
     tokio::pin!(linger);
     let mut goodbye = None;
@@ -181,40 +245,32 @@ async fn read_loop(
         activity.touch();
         opener.open(&buf)?;
         while let Some((msg, len)) = opener.next_message()? {
-            inner.metrics.received(kind_index(msg.kind()), len);
+            shared.metrics.received(kind_index(msg.kind()), len);
             match msg {
                 Message::Goodbye { reason } => {
                     // The peer sends nothing more here: stop using this connection, answer
                     // with our Goodbye, and read on until it closes.
-                    tracing::debug!(peer = %peer.address, %reason, "goodbye received");
-                    inner.detach(peer, conn.id);
+                    tracing::debug!(%peer, %reason, "goodbye received");
+                    link.detach(conn.id);
                     conn.close_with(PEER_GOODBYE);
                     goodbye = Some(format!("goodbye: {reason}"));
                 }
                 Message::Request { id, payload } => {
-                    let responder = Responder {
-                        inner: Arc::clone(inner),
-                        peer: peer.address,
-                        id,
-                    };
                     let ev = Event::Request {
-                        peer: peer.address,
+                        peer,
                         payload,
-                        responder,
+                        responder: link.responder(id),
                     };
-                    inner.emit_via(events, ev).await;
+                    shared.events.emit_via(events, ev).await;
                 }
                 Message::Response { id, payload } => {
-                    if !peer.complete(id, payload) {
-                        tracing::trace!(peer = %peer.address, id, "response nobody waits for");
+                    if !link.complete(id, payload) {
+                        tracing::trace!(%peer, id, "response nobody waits for");
                     }
                 }
                 message => {
-                    let ev = Event::Message {
-                        peer: peer.address,
-                        message,
-                    };
-                    inner.emit_via(events, ev).await;
+                    let ev = Event::Message { peer, message };
+                    shared.events.emit_via(events, ev).await;
                 }
             }
         }
@@ -222,7 +278,7 @@ async fn read_loop(
 }
 
 /// Writes `out` unless the connection is aborted first; false if it was not written.
-async fn write_out(w: &mut OwnedWriteHalf, out: &[u8], abort: &CancellationToken) -> bool {
+async fn write_out(w: &mut WriteHalf, out: &[u8], abort: &CancellationToken) -> bool {
     tokio::select! {
         r = w.write_all(out) => r.is_ok(),
         _ = abort.cancelled() => false,
@@ -231,47 +287,48 @@ async fn write_out(w: &mut OwnedWriteHalf, out: &[u8], abort: &CancellationToken
 
 #[allow(clippy::too_many_arguments)]
 async fn write_loop(
-    inner: Arc<Inner>,
-    peer: Arc<Peer>,
+    shared: Arc<Shared>,
+    link: Arc<dyn PoolLink>,
     conn: ConnRef,
     mut sealer: Sealer,
-    mut w: OwnedWriteHalf,
+    mut w: WriteHalf,
     abort: CancellationToken,
     write_done: CancellationToken,
     activity: Arc<Activity>,
 ) {
+    let peer = link.peer();
     let mut msgs: Vec<Message> = Vec::new();
     let mut out = BytesMut::new();
     loop {
         let closing = conn.close.is_cancelled();
         msgs.clear();
-        let _ = peer.take(conn.id, inner.config.batch_bytes, &mut msgs);
+        let _ = link.take(conn.id, shared.batch_bytes, &mut msgs);
         if !msgs.is_empty() {
             for m in &msgs {
                 match sealer.push(m) {
-                    Ok(len) => inner.metrics.sent(kind_index(m.kind()), len),
+                    Ok(len) => shared.metrics.sent(kind_index(m.kind()), len),
                     Err(e) => {
                         // Payloads are checked when queued, so only a misconfiguration lands here.
-                        tracing::warn!(peer = %peer.address, error = %e, "frame dropped");
-                        inner.metrics.drop_msg("frame_too_large");
+                        tracing::warn!(%peer, error = %e, "frame dropped");
+                        shared.metrics.drop_msg("frame_too_large");
                     }
                 }
             }
             let n = msgs.len();
             msgs.clear();
             if let Err(e) = sealer.seal_into(&mut out) {
-                tracing::warn!(peer = %peer.address, error = %e, "encryption failed");
-                break_abort(&inner, &peer, &conn, &abort, n);
+                tracing::warn!(%peer, error = %e, "encryption failed");
+                break_abort(&shared, &*link, &conn, &abort, n);
                 return;
             }
             let ok = write_out(&mut w, &out, &abort).await;
             out.clear();
-            if out.capacity() > 4 * inner.config.batch_bytes.max(1 << 16) {
+            if out.capacity() > 4 * shared.batch_bytes.max(1 << 16) {
                 out = BytesMut::new();
             }
             sealer.shrink();
             if !ok {
-                break_abort(&inner, &peer, &conn, &abort, n);
+                break_abort(&shared, &*link, &conn, &abort, n);
                 return;
             }
             activity.touch();
@@ -280,23 +337,23 @@ async fn write_loop(
         if closing {
             break;
         }
-        let idle_at = activity.last() + inner.config.idle_timeout;
+        let idle_at = activity.last() + shared.idle_timeout;
         tokio::select! {
             biased;
             _ = abort.cancelled() => return,
             _ = conn.close.cancelled() => {}
             _ = conn.wake.notified() => {}
             _ = tokio::time::sleep_until(idle_at) => {
-                if activity.last() + inner.config.idle_timeout <= Instant::now() {
-                    tracing::debug!(peer = %peer.address, "closing idle connection");
-                    inner.detach(&peer, conn.id);
+                if activity.last() + shared.idle_timeout <= Instant::now() {
+                    tracing::debug!(%peer, "closing idle connection");
+                    link.detach(conn.id);
                     conn.close_with("idle");
                 }
             }
         }
     }
     let reason = match conn.why.get() {
-        _ if inner.closing.is_cancelled() => "shutdown",
+        _ if shared.events.closing.is_cancelled() => "shutdown",
         Some(&PEER_GOODBYE) | None => "close",
         Some(why) => why,
     };
@@ -304,7 +361,7 @@ async fn write_loop(
         reason: reason.into(),
     };
     if let Ok(len) = sealer.push(&bye) {
-        inner.metrics.sent(kind_index(bye.kind()), len);
+        shared.metrics.sent(kind_index(bye.kind()), len);
     }
     if sealer.seal_into(&mut out).is_ok() && write_out(&mut w, &out, &abort).await {
         tokio::select! {
@@ -317,19 +374,17 @@ async fn write_loop(
 
 /// A write failed: the batch is lost (counted) and the connection is torn down.
 fn break_abort(
-    inner: &Arc<Inner>,
-    peer: &Arc<Peer>,
+    shared: &Shared,
+    link: &dyn PoolLink,
     conn: &ConnRef,
     abort: &CancellationToken,
     lost: usize,
 ) {
     for _ in 0..lost {
-        inner.metrics.drop_msg("connection_lost");
+        shared.metrics.drop_msg("connection_lost");
     }
-    inner
-        .lost
-        .fetch_add(lost as u64, std::sync::atomic::Ordering::SeqCst);
-    inner.detach(peer, conn.id);
+    shared.lost.fetch_add(lost as u64, Ordering::SeqCst);
+    link.detach(conn.id);
     conn.close_with("write failed");
     abort.cancel();
 }

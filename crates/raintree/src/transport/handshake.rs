@@ -10,8 +10,8 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use futures::StreamExt;
 use prost::Message as _;
 use raintree_proto::{pb, Address};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
 use super::framing::{noise_codec, MAX_NOISE_MESSAGE};
@@ -23,8 +23,9 @@ pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
 /// Domain-separation prefix of the identity signature over the Noise static public key.
 pub const SIGNATURE_PREFIX: &[u8] = b"raintree-noise-static-key:";
 
-/// Reads Noise messages (u16 BE length prefix) from a connection's read half.
-pub type NoiseReader = FramedRead<OwnedReadHalf, LengthDelimitedCodec>;
+/// Reads Noise messages (u16 BE length prefix) from a connection's read half (any byte
+/// stream: a tokio socket half by default, the `net` seam's half inside the transport).
+pub type NoiseReader<R = OwnedReadHalf> = FramedRead<R, LengthDelimitedCodec>;
 
 /// Why a handshake failed.
 #[derive(Debug, thiserror::Error)]
@@ -153,19 +154,21 @@ pub struct Established {
 }
 
 /// Wraps a read half in the Noise-message codec used for the whole connection.
-pub fn noise_reader(read: OwnedReadHalf) -> NoiseReader {
+pub fn noise_reader<R: AsyncRead>(read: R) -> NoiseReader<R> {
     FramedRead::with_capacity(read, noise_codec(), 4096)
 }
 
-async fn recv(reader: &mut NoiseReader) -> Result<bytes::BytesMut, HandshakeError> {
+async fn recv<R: AsyncRead + Unpin>(
+    reader: &mut NoiseReader<R>,
+) -> Result<bytes::BytesMut, HandshakeError> {
     match reader.next().await {
         Some(r) => Ok(r?),
         None => Err(HandshakeError::Closed),
     }
 }
 
-async fn send(
-    writer: &mut OwnedWriteHalf,
+async fn send<W: AsyncWrite + Unpin>(
+    writer: &mut W,
     hs: &mut snow::HandshakeState,
     payload: &[u8],
 ) -> Result<(), HandshakeError> {
@@ -191,10 +194,10 @@ fn finish(hs: snow::HandshakeState, remote_payload: &[u8]) -> Result<Established
 
 /// Runs the initiator side; refuses (before revealing our identity) a responder whose
 /// identity is not `expected`.
-pub async fn initiate(
+pub async fn initiate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     keys: &LocalKeys,
-    reader: &mut NoiseReader,
-    writer: &mut OwnedWriteHalf,
+    reader: &mut NoiseReader<R>,
+    writer: &mut W,
     expected: Address,
 ) -> Result<Established, HandshakeError> {
     let mut hs = snow::Builder::new(params())
@@ -217,10 +220,10 @@ pub async fn initiate(
 }
 
 /// Runs the responder side; the caller decides whether the proven identity is welcome.
-pub async fn respond(
+pub async fn respond<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     keys: &LocalKeys,
-    reader: &mut NoiseReader,
-    writer: &mut OwnedWriteHalf,
+    reader: &mut NoiseReader<R>,
+    writer: &mut W,
 ) -> Result<Established, HandshakeError> {
     let mut hs = snow::Builder::new(params())
         .local_private_key(&keys.static_private)?

@@ -11,28 +11,46 @@
 //! Events are read by one owner through [`Events`]; while nobody reads, connection readers
 //! wait (TCP pushes back on the senders, whose queues then fill and drop, counted).
 
+// Layering, bottom up (each module imports only from those before it, and from this one's
+// config and error types): queue, tiebreak, framing, handshake, metrics, events, conn,
+// registry, then dial, accept, requests and shutdown, which each add one path to the
+// registry.
+mod accept;
 mod conn;
+mod dial;
+mod events;
 pub mod framing;
 pub mod handshake;
 mod identity;
 mod metrics;
-mod pool;
+mod queue;
+mod registry;
+mod requests;
+mod shutdown;
+mod tiebreak;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 use raintree_proto::wire::{self, Message};
 use raintree_proto::Address;
-use tokio::sync::mpsc;
 
+pub use events::{Event, Events, RefuseReason, Responder};
 pub use identity::Identity;
 pub use metrics::TransportMetrics;
-pub use pool::ShutdownReport;
+pub use shutdown::ShutdownReport;
 
-use pool::Inner;
+use crate::net::Net;
+
+use registry::Inner;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not wedge the transport: the data stays consistent per step.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Transport settings; [`TransportConfig::new`] gives the defaults.
 #[derive(Clone, Debug)]
@@ -65,6 +83,8 @@ pub struct TransportConfig {
     pub batch_bytes: usize,
     /// After sending Goodbye, how long to wait for the peer to close its side.
     pub linger: Duration,
+    /// The network the sockets live on: real TCP, or turmoil's simulation under test.
+    pub net: Net,
 }
 
 impl TransportConfig {
@@ -85,7 +105,22 @@ impl TransportConfig {
             event_capacity: 4096,
             batch_bytes: 256 * 1024,
             linger: Duration::from_secs(2),
+            net: Net::default(),
         }
+    }
+}
+
+impl TransportConfig {
+    fn check(&self) -> Result<(), TransportError> {
+        if self.max_payload >= u32::MAX as usize / 2 {
+            return Err(TransportError::Config(
+                "max_payload must be below 2 GiB".into(),
+            ));
+        }
+        if self.event_capacity == 0 {
+            return Err(TransportError::Config("event_capacity must be > 0".into()));
+        }
+        Ok(())
     }
 }
 
@@ -161,129 +196,6 @@ pub enum RequestError {
     Shutdown,
 }
 
-/// Why an inbound connection was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RefuseReason {
-    /// `max_inbound` connections were already open.
-    InboundLimit,
-    /// The handshake did not finish within `handshake_timeout`.
-    HandshakeTimeout,
-    /// The handshake failed (the label says how).
-    HandshakeFailed(&'static str),
-    /// The peer proved an identity that is not in the peer list (and the node is not open).
-    UnknownPeer(Address),
-    /// The peer proved our own identity.
-    SelfConnection,
-}
-
-impl RefuseReason {
-    /// A short label for metrics.
-    pub fn label(&self) -> &'static str {
-        match self {
-            RefuseReason::InboundLimit => "inbound_limit",
-            RefuseReason::HandshakeTimeout => "handshake_timeout",
-            RefuseReason::HandshakeFailed(_) => "handshake_failed",
-            RefuseReason::UnknownPeer(_) => "unknown_peer",
-            RefuseReason::SelfConnection => "self_connection",
-        }
-    }
-}
-
-/// What the transport reports to its owner.
-#[derive(Debug)]
-pub enum Event {
-    /// A message from a peer (every kind except Request, Response and Goodbye).
-    Message {
-        /// The sender.
-        peer: Address,
-        /// The message.
-        message: Message,
-    },
-    /// A request from a peer; answer with `responder.respond(..)`.
-    Request {
-        /// The requester.
-        peer: Address,
-        /// The request body.
-        payload: Bytes,
-        /// Sends the one response.
-        responder: Responder,
-    },
-    /// A connection to `peer` is established.
-    ConnectionUp {
-        /// The peer.
-        peer: Address,
-        /// True when the peer dialled us.
-        inbound: bool,
-    },
-    /// A connection to `peer` closed.
-    ConnectionDown {
-        /// The peer.
-        peer: Address,
-        /// Why.
-        reason: String,
-        /// True when the peer is gone or failing (dial failed, reset, end of stream without
-        /// Goodbye, bad input, or its Goodbye says it is shutting down); false when the close
-        /// was an ordinary decision (idle, duplicate or replaced connection, peer removed, our
-        /// own shutdown), after which the peer is still reachable.
-        lost: bool,
-    },
-    /// An inbound connection was refused.
-    Refused {
-        /// The remote socket address.
-        remote: SocketAddr,
-        /// Why.
-        reason: RefuseReason,
-    },
-}
-
-/// The stream of [`Event`]s of one transport.
-pub struct Events {
-    rx: mpsc::Receiver<Event>,
-}
-
-impl Events {
-    /// The next event; `None` once the transport has shut down and every event was read.
-    ///
-    /// Cancel-safe: dropping the future loses no event.
-    pub async fn recv(&mut self) -> Option<Event> {
-        self.rx.recv().await
-    }
-
-    /// The next event if one is ready.
-    pub fn try_recv(&mut self) -> Option<Event> {
-        self.rx.try_recv().ok()
-    }
-}
-
-/// Sends the response to one request. Dropping it sends nothing; the requester times out.
-pub struct Responder {
-    inner: Arc<Inner>,
-    peer: Address,
-    id: u64,
-}
-
-impl std::fmt::Debug for Responder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Responder")
-            .field("peer", &self.peer)
-            .field("id", &self.id)
-            .finish()
-    }
-}
-
-impl Responder {
-    /// Queues the response; it is dropped (and counted) if it cannot be queued.
-    pub fn respond(self, payload: Bytes) {
-        let msg = Message::Response {
-            id: self.id,
-            payload,
-        };
-        if let Err(e) = self.inner.enqueue(self.peer, msg, |_| {}) {
-            tracing::debug!(peer = %self.peer, error = %e, "response dropped");
-        }
-    }
-}
-
 /// A running transport. Cheap to clone; every clone drives the same listener and pool.
 #[derive(Clone)]
 pub struct Transport {
@@ -297,7 +209,9 @@ impl Transport {
         config: TransportConfig,
         metrics: TransportMetrics,
     ) -> Result<(Transport, Events), TransportError> {
-        let (inner, rx) = Inner::start(identity, config, metrics).await?;
+        config.check()?;
+        let listener = accept::bind(config.net, config.listen).await?;
+        let (inner, rx) = Inner::start(listener, identity, config, metrics)?;
         Ok((Transport { inner }, Events { rx }))
     }
 
@@ -313,7 +227,7 @@ impl Transport {
 
     /// The metrics this transport updates.
     pub fn metrics(&self) -> &TransportMetrics {
-        &self.inner.metrics
+        self.inner.metrics()
     }
 
     /// Replaces the peer list; connections to peers no longer in it close.

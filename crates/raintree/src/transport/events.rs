@@ -1,0 +1,222 @@
+//! What the transport reports to its owner: the [`Event`] stream, the [`Responder`] that
+//! answers a request, and the emitter every task writes events through.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use raintree_proto::wire::Message;
+use raintree_proto::Address;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::lock;
+
+/// Why an inbound connection was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefuseReason {
+    /// `max_inbound` connections were already open.
+    InboundLimit,
+    /// The handshake did not finish within `handshake_timeout`.
+    HandshakeTimeout,
+    /// The handshake failed (the label says how).
+    HandshakeFailed(&'static str),
+    /// The peer proved an identity that is not in the peer list (and the node is not open).
+    UnknownPeer(Address),
+    /// The peer proved our own identity.
+    SelfConnection,
+}
+
+impl RefuseReason {
+    /// A short label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RefuseReason::InboundLimit => "inbound_limit",
+            RefuseReason::HandshakeTimeout => "handshake_timeout",
+            RefuseReason::HandshakeFailed(_) => "handshake_failed",
+            RefuseReason::UnknownPeer(_) => "unknown_peer",
+            RefuseReason::SelfConnection => "self_connection",
+        }
+    }
+}
+
+/// What the transport reports to its owner.
+#[derive(Debug)]
+pub enum Event {
+    /// A message from a peer (every kind except Request, Response and Goodbye).
+    Message {
+        /// The sender.
+        peer: Address,
+        /// The message.
+        message: Message,
+    },
+    /// A request from a peer; answer with `responder.respond(..)`.
+    Request {
+        /// The requester.
+        peer: Address,
+        /// The request body.
+        payload: Bytes,
+        /// Sends the one response.
+        responder: Responder,
+    },
+    /// A connection to `peer` is established.
+    ConnectionUp {
+        /// The peer.
+        peer: Address,
+        /// True when the peer dialled us.
+        inbound: bool,
+    },
+    /// A connection to `peer` closed.
+    ConnectionDown {
+        /// The peer.
+        peer: Address,
+        /// Why.
+        reason: String,
+        /// True when the peer is gone or failing (dial failed, reset, end of stream without
+        /// Goodbye, bad input, or its Goodbye says it is shutting down); false when the close
+        /// was an ordinary decision (idle, duplicate or replaced connection, peer removed, our
+        /// own shutdown), after which the peer is still reachable.
+        lost: bool,
+    },
+    /// An inbound connection was refused.
+    Refused {
+        /// The remote socket address.
+        remote: SocketAddr,
+        /// Why.
+        reason: RefuseReason,
+    },
+}
+
+/// The stream of [`Event`]s of one transport.
+pub struct Events {
+    pub(crate) rx: mpsc::Receiver<Event>,
+}
+
+impl Events {
+    /// The next event; `None` once the transport has shut down and every event was read.
+    ///
+    /// Cancel-safe: dropping the future loses no event.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+
+    /// The next event if one is ready.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        self.rx.try_recv().ok()
+    }
+}
+
+/// Where a [`Responder`] queues its response: the pool, seen through one method.
+pub(crate) trait ResponseSink: Send + Sync {
+    /// Queues `msg` for `peer`; a response that cannot be queued is dropped and counted.
+    fn queue_response(&self, peer: Address, msg: Message);
+}
+
+/// Sends the response to one request. Dropping it sends nothing; the requester times out.
+pub struct Responder {
+    sink: Arc<dyn ResponseSink>,
+    peer: Address,
+    id: u64,
+}
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Responder")
+            .field("peer", &self.peer)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl Responder {
+    pub(crate) fn new(sink: Arc<dyn ResponseSink>, peer: Address, id: u64) -> Self {
+        Self { sink, peer, id }
+    }
+
+    /// Queues the response; it is dropped (and counted) if it cannot be queued.
+    pub fn respond(self, payload: Bytes) {
+        let msg = Message::Response {
+            id: self.id,
+            payload,
+        };
+        self.sink.queue_response(self.peer, msg);
+    }
+}
+
+/// The writing end of the event stream, shared by every task, and the shutdown signal that
+/// tells them to stop waiting on a slow reader.
+pub(crate) struct Emitter {
+    /// Taken away at the end of shutdown so the application's stream ends.
+    tx: Mutex<Option<mpsc::Sender<Event>>>,
+    /// Shutdown began: no new sends or connections; writers drain and say Goodbye.
+    pub closing: CancellationToken,
+    /// Mirrors `closing` for the per-message paths (a token check takes a lock).
+    closed: AtomicBool,
+}
+
+impl Emitter {
+    pub fn new(tx: mpsc::Sender<Event>) -> Self {
+        Self {
+            tx: Mutex::new(Some(tx)),
+            closing: CancellationToken::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// True once shutdown has begun.
+    pub fn is_closing(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Begins shutdown: emitting stops waiting for the reader.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.closing.cancel();
+    }
+
+    /// Drops the last sender so the application's stream ends.
+    pub fn finish(&self) {
+        lock(&self.tx).take();
+    }
+
+    /// A handle on the event stream, `None` once shutdown has finished.
+    pub fn sender(&self) -> Option<mpsc::Sender<Event>> {
+        lock(&self.tx).clone()
+    }
+
+    /// Hands an event to the application; during shutdown it never waits for a reader.
+    pub async fn emit(&self, ev: Event) {
+        let tx = self.sender();
+        self.emit_via(&tx, ev).await;
+    }
+
+    /// Like [`Emitter::emit`] with a sender the caller keeps, saving a lock per event.
+    pub async fn emit_via(&self, tx: &Option<mpsc::Sender<Event>>, ev: Event) {
+        let Some(tx) = tx else { return };
+        // Fast path: room in the channel, so no select or waiter registration. It still
+        // counts against the task's scheduling budget like a send would, so a busy reader
+        // yields and the application's task gets to run.
+        let ev = match tx.try_send(ev) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {
+                tokio::task::consume_budget().await;
+                return;
+            }
+            Err(mpsc::error::TrySendError::Full(ev)) => ev,
+        };
+        if self.is_closing() {
+            return;
+        }
+        tokio::select! {
+            _ = tx.send(ev) => {}
+            _ = self.closing.cancelled() => {}
+        }
+    }
+
+    /// Reports a refused connection without ever waiting on the application.
+    pub fn try_emit(&self, ev: Event) {
+        if let Some(tx) = self.sender() {
+            let _ = tx.try_send(ev);
+        }
+    }
+}
