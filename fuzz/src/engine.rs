@@ -52,7 +52,8 @@ pub const MAX_IN_FLIGHT: usize = 4096;
 
 /// Builds one engine; the single place that knows the constructor's signature.
 pub fn new_engine(config: &Config, me: Address, peers: Arc<PeerList>, seed: u64) -> Engine {
-    Engine::new(config.clone(), me, peers, seed).expect("me is in the peer list")
+    let rng = rand::SeedableRng::seed_from_u64(seed);
+    Engine::new(config.clone(), me, peers, rng).expect("me is in the peer list")
 }
 
 /// The network-wide settings at the start of an input.

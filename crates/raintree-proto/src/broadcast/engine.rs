@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use rand::RngCore;
 
 use super::liveness::{Awaited, Liveness, LivenessConfig};
 use super::seen::{Entry, Offer, OfferKind, PendingAck, SeenSet};
-use super::{Config, EngineError, Output, SplitMix64, Stats};
+use super::{Config, EngineError, Output, Stats};
 use crate::peers::{Address, PeerList};
 use crate::tree;
 use crate::wire::{Gossip, Message, MessageId, Route, Strategy};
@@ -44,7 +45,6 @@ struct Core {
     me: Address,
     peers: Arc<PeerList>,
     my_pos: usize,
-    rng: SplitMix64,
     timers: BinaryHeap<Reverse<Timer>>,
     timer_order: u64,
     outputs: VecDeque<Output>,
@@ -53,10 +53,14 @@ struct Core {
 }
 
 /// One node's RainTree protocol state: a pure state machine (no I/O, no clock).
+///
+/// `R` draws the nonces of this node's broadcasts: a CSPRNG in a real node, so that one
+/// observed id reveals nothing of the next; a seeded generator in tests and the simulator.
 #[derive(Debug)]
-pub struct Engine {
+pub struct Engine<R = rand::rngs::StdRng> {
     core: Core,
     seen: SeenSet,
+    rng: R,
 }
 
 /// Why a send awaiting an answer failed.
@@ -68,15 +72,15 @@ enum Failure {
     Unreachable,
 }
 
-impl Engine {
-    /// A node `me` in `peers`; `seed` drives its nonces. Errors if `me` is not in `peers`.
+impl<R: RngCore> Engine<R> {
+    /// A node `me` in `peers`; `rng` draws its nonces. Errors if `me` is not in `peers`.
     pub fn new(
         config: Config,
         me: Address,
         peers: Arc<PeerList>,
-        seed: u64,
+        rng: R,
     ) -> Result<Self, EngineError> {
-        Self::with_shared_config(Arc::new(config), me, peers, seed)
+        Self::with_shared_config(Arc::new(config), me, peers, rng)
     }
 
     /// Like [`Engine::new`] with a config shared between many engines (the simulator).
@@ -84,7 +88,7 @@ impl Engine {
         config: Arc<Config>,
         me: Address,
         peers: Arc<PeerList>,
-        seed: u64,
+        rng: R,
     ) -> Result<Self, EngineError> {
         let my_pos = peers.position(&me).ok_or(EngineError::NotInPeerList)?;
         let seen = SeenSet::new(config.seen_capacity);
@@ -100,7 +104,6 @@ impl Engine {
                 me,
                 peers,
                 my_pos,
-                rng: SplitMix64::new(seed),
                 timers: BinaryHeap::new(),
                 timer_order: 0,
                 outputs: VecDeque::new(),
@@ -108,6 +111,7 @@ impl Engine {
                 live,
             },
             seen,
+            rng,
         })
     }
 
@@ -139,7 +143,7 @@ impl Engine {
         let id = loop {
             let id = MessageId {
                 origin: self.core.me,
-                nonce: self.core.rng.next_u64(),
+                nonce: self.rng.next_u64(),
             };
             if !self.seen.contains(&id) {
                 break id;

@@ -7,7 +7,6 @@
 mod config;
 mod engine;
 mod liveness;
-mod rng;
 mod seen;
 #[cfg(test)]
 mod tests;
@@ -16,7 +15,6 @@ use bytes::Bytes;
 
 pub use config::{Config, ParseEnumError, Redundancy};
 pub use engine::Engine;
-pub use rng::SplitMix64;
 
 use crate::peers::Address;
 use crate::wire::{Message, MessageId, Strategy};

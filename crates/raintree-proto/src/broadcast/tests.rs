@@ -13,6 +13,11 @@ use crate::wire::{Gossip, Route, Strategy};
 
 const T0: Duration = Duration::ZERO;
 
+/// A seeded nonce generator: tests replay exactly.
+fn rng(seed: u64) -> rand::rngs::StdRng {
+    rand::SeedableRng::seed_from_u64(seed)
+}
+
 /// N engines delivering messages in FIFO order at one instant; counts reads/writes per position.
 struct Net {
     list: Arc<PeerList>,
@@ -31,7 +36,7 @@ impl Net {
             .as_slice()
             .iter()
             .enumerate()
-            .map(|(i, a)| Engine::new(config.clone(), *a, list.clone(), i as u64).unwrap())
+            .map(|(i, a)| Engine::new(config.clone(), *a, list.clone(), rng(i as u64)).unwrap())
             .collect();
         Net {
             list,
@@ -210,7 +215,7 @@ fn errors_are_typed_and_emit_nothing() {
     let list = Arc::new(PeerList::new((0..3).map(Address::from_index)));
     let stranger = Address::from_index(99);
     assert_eq!(
-        Engine::new(Config::default(), stranger, list.clone(), 1).err(),
+        Engine::new(Config::default(), stranger, list.clone(), rng(1)).err(),
         Some(EngineError::NotInPeerList)
     );
     let me = list.get(0).unwrap();
@@ -221,7 +226,7 @@ fn errors_are_typed_and_emit_nothing() {
         },
         me,
         list.clone(),
-        1,
+        rng(1),
     )
     .unwrap();
     assert_eq!(
@@ -281,7 +286,7 @@ fn tree_copies_are_acked_even_when_duplicate() {
     let list = Arc::new(PeerList::new((0..9).map(Address::from_index)));
     let me = list.get(4).unwrap();
     let from = list.get(0).unwrap();
-    let mut e = Engine::new(Config::default(), me, list.clone(), 3).unwrap();
+    let mut e = Engine::new(Config::default(), me, list.clone(), rng(3)).unwrap();
     let id = MessageId {
         origin: from,
         nonce: 1,
@@ -314,7 +319,7 @@ fn level_aware_dedup_forwards_only_new_levels() {
         },
         list.get(5).unwrap(),
         list.clone(),
-        3,
+        rng(3),
     )
     .unwrap();
     let id = MessageId {
@@ -347,7 +352,13 @@ fn level_aware_dedup_forwards_only_new_levels() {
 #[test]
 fn reference_resends_to_neighbours_of_a_dead_target() {
     let list = Arc::new(PeerList::new((0..27).map(Address::from_index)));
-    let mut e = Engine::new(Config::default(), list.get(0).unwrap(), list.clone(), 1).unwrap();
+    let mut e = Engine::new(
+        Config::default(),
+        list.get(0).unwrap(),
+        list.clone(),
+        rng(1),
+    )
+    .unwrap();
     e.broadcast(T0, Bytes::from_static(b"x"), 0).unwrap();
     let mut sends = 0;
     while let Some(Output::Send {
@@ -554,7 +565,7 @@ fn suspicion_lapses_after_its_ttl() {
 fn ack_deadlines_adapt_to_measured_round_trips() {
     let list = Arc::new(PeerList::new((0..9).map(Address::from_index)));
     let me = list.get(0).unwrap();
-    let mut e = Engine::new(exact(), me, list.clone(), 1).unwrap();
+    let mut e = Engine::new(exact(), me, list.clone(), rng(1)).unwrap();
     let ms = Duration::from_millis;
     let acks = |e: &mut Engine, at: Duration, skip: Option<usize>| {
         let sends: Vec<_> = std::iter::from_fn(|| e.poll_output()).collect();
@@ -674,7 +685,7 @@ fn seen_set_is_bounded_and_expires_after_timers() {
         seen_ttl: Duration::from_secs(1),
         ..Config::default()
     };
-    let mut e = Engine::new(config, me, list.clone(), 0).unwrap();
+    let mut e = Engine::new(config, me, list.clone(), rng(0)).unwrap();
     for nonce in 0..10 {
         let id = MessageId {
             origin: from,
@@ -700,7 +711,7 @@ fn seen_set_is_bounded_and_expires_after_timers() {
         ack_timeout: Duration::from_millis(500),
         ..Config::default()
     };
-    let mut e = Engine::new(config, me, list, 0).unwrap();
+    let mut e = Engine::new(config, me, list, rng(0)).unwrap();
     let id = e.broadcast(T0, Bytes::from_static(b"x"), 0).unwrap();
     e.handle_timeout(Duration::from_millis(200));
     assert!(e.has_seen(&id));
@@ -775,7 +786,7 @@ proptest! {
             seen_ttl: Duration::from_secs(1000),
             ..Config::default()
         };
-        let mut e = Engine::new(config, list.get(0).unwrap(), list.clone(), 9).unwrap();
+        let mut e = Engine::new(config, list.get(0).unwrap(), list.clone(), rng(9)).unwrap();
         let mut now = Duration::ZERO;
         let mut delivered = std::collections::HashSet::new();
         for (from, m, dt) in steps {
@@ -806,7 +817,7 @@ fn new_peer_lists_apply_to_new_broadcasts() {
         acks: false,
         ..Config::default()
     };
-    let mut e = Engine::new(config, me, small, 1).unwrap();
+    let mut e = Engine::new(config, me, small, rng(1)).unwrap();
     let count = |e: &mut Engine| std::iter::from_fn(|| e.poll_output()).count();
     e.broadcast(T0, Bytes::from_static(b"a"), 0).unwrap();
     assert_eq!(count(&mut e), 2);
@@ -828,7 +839,7 @@ fn igyw_replies_from_peers_not_asked_are_ignored() {
         cleanup: true,
         ..Config::default()
     };
-    let mut e = Engine::new(config.clone(), list.get(0).unwrap(), list.clone(), 1).unwrap();
+    let mut e = Engine::new(config.clone(), list.get(0).unwrap(), list.clone(), rng(1)).unwrap();
     let id = e.broadcast(T0, Bytes::from_static(b"a"), 0).unwrap();
     while e.poll_output().is_some() {}
     e.handle_timeout(config.cleanup_delay);

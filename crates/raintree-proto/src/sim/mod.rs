@@ -20,20 +20,26 @@
 //! (`Failure::Refused`, fed to [`Engine::peer_unreachable`]).
 
 mod queue;
+mod seed;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::broadcast::{Config, Engine, EngineError, Output, Redundancy, SplitMix64, Stats};
+use crate::broadcast::{Config, EngineError, Output, Redundancy, Stats};
 use crate::peers::{Address, PeerList};
 use crate::wire::{Message, MessageId, Strategy};
 use queue::{EventKind, Queue};
+use seed::SplitMix64;
+
+/// The simulator's engine: nonces from a small seeded generator, reproducible run to run.
+type Engine = crate::broadcast::Engine<SmallRng>;
 
 /// Most peer-list entries all partial views together may hold (20 bytes each: 400 MB).
 pub const PARTIAL_VIEW_ENTRY_LIMIT: u64 = 20_000_000;
@@ -425,7 +431,8 @@ impl<'a> Sim<'a> {
             self.cfg.seed,
             1 << 40 | u64::from(self.restarts[i]) << 32 | i as u64,
         );
-        let e = Engine::with_shared_config(self.config.clone(), me, self.view(i), seed)?;
+        let rng = SmallRng::seed_from_u64(seed);
+        let e = Engine::with_shared_config(self.config.clone(), me, self.view(i), rng)?;
         Ok(Box::new(e))
     }
 

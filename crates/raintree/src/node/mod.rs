@@ -170,8 +170,9 @@ impl Node {
         node_metrics.register(&mut registry);
         node_metrics.set_peers(list.len());
 
-        let seed = rand::random::<u64>();
-        let engine = broadcast::Engine::new(protocol, address, list, seed)?;
+        // Nonces from a CSPRNG seeded by the OS: an observed id must not predict the next one.
+        let rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
+        let engine = broadcast::Engine::new(protocol, address, list, rng)?;
         let (transport, events) = Transport::bind(identity, transport, transport_metrics).await?;
 
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
