@@ -145,6 +145,9 @@ impl Header {
             seen_capacity: usize::from(self.capacity % 33),
             seen_ttl: Duration::from_millis(1 + u64::from(self.ttl_ms)),
             max_payload: usize::from(self.max_payload),
+            // Injected gossip is unsigned so that it reaches every state; forgeries have their
+            // own unit tests in raintree-proto.
+            verify_signatures: false,
             ..Config::default()
         }
     }

@@ -111,6 +111,10 @@ pub struct Args {
     /// Milliseconds between broadcast starts; 0 starts each after the previous one settles.
     #[arg(long, default_value_t = 0.0)]
     pub interval_ms: f64,
+    /// Every node signs and verifies broadcasts with a real Ed25519 key (as a node always
+    /// does); off by default, so very large runs stay fast.
+    #[arg(long)]
+    pub signatures: bool,
 }
 
 /// `--failure`: what a sender sees of a message to a down node.
@@ -165,6 +169,7 @@ impl Args {
             churn_percent: self.churn_percent,
             churn_period: millis("churn-period-ms", self.churn_period_ms)?,
             interval: millis("interval-ms", self.interval_ms)?,
+            signatures: self.signatures,
         })
     }
 }

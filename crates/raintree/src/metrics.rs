@@ -30,6 +30,7 @@ pub struct NodeMetrics {
     skips: Counter,
     probes: Counter,
     resplits: Counter,
+    forged: Counter,
     peers: Gauge,
     latency: Histogram,
 }
@@ -62,6 +63,7 @@ impl NodeMetrics {
             skips: Counter::default(),
             probes: Counter::default(),
             resplits: Counter::default(),
+            forged: Counter::default(),
             peers: Gauge::default(),
             // 100 µs .. ~52 s: loopback deliveries through slow multi-hop resends.
             latency: Histogram::new(exponential_buckets(0.0001, 2.0, 20)),
@@ -70,7 +72,7 @@ impl NodeMetrics {
 
     /// Each engine counter with its metric name, help and where its value sits in [`Stats`]:
     /// one table, so registering and syncing can never disagree.
-    fn counters(&self) -> [CounterRow<'_>; 18] {
+    fn counters(&self) -> [CounterRow<'_>; 19] {
         [
             (
                 "broadcasts",
@@ -179,6 +181,12 @@ impl NodeMetrics {
                 "Failed parts of the exact tree re-split among their remaining nodes",
                 &self.resplits,
                 |s| s.resplits,
+            ),
+            (
+                "forged_messages",
+                "Copies dropped as forged (bad origin signature, substituted payload, spoofed direct)",
+                &self.forged,
+                |s| s.forged,
             ),
         ]
     }

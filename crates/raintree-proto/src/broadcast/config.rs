@@ -135,6 +135,9 @@ pub struct Config {
     pub max_payload: usize,
     /// Forward every received tree copy, as the Go reference did (for conformance tests).
     pub forward_duplicates: bool,
+    /// Verify every broadcast's origin signature before accepting it (SPEC 7). A node always
+    /// does; only the simulator and unit tests may turn it off for speed.
+    pub verify_signatures: bool,
 }
 
 impl Default for Config {
@@ -155,6 +158,7 @@ impl Default for Config {
             seen_ttl: Duration::from_secs(120),
             max_payload: DEFAULT_MAX_PAYLOAD,
             forward_duplicates: false,
+            verify_signatures: true,
         }
     }
 }

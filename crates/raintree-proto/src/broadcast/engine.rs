@@ -6,14 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ed25519_dalek::SigningKey;
 use rand::RngCore;
 
+use super::auth;
 use super::liveness::{Awaited, Liveness, LivenessConfig};
 use super::seen::{Entry, Offer, OfferKind, PendingAck, SeenSet};
 use super::{Config, EngineError, Output, Stats};
 use crate::peers::{Address, PeerList};
 use crate::tree;
-use crate::wire::{Gossip, Message, MessageId, Route, Strategy};
+use crate::wire::{payload_hash, Gossip, Message, MessageId, Route, Strategy};
 
 /// What a timer does when it fires.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -43,6 +45,8 @@ struct Timer {
 struct Core {
     config: Arc<Config>,
     me: Address,
+    /// Signs this node's broadcasts; boxed, as most simulated engines never originate.
+    signer: Option<Box<SigningKey>>,
     peers: Arc<PeerList>,
     my_pos: usize,
     timers: BinaryHeap<Reverse<Timer>>,
@@ -102,6 +106,7 @@ impl<R: RngCore> Engine<R> {
             core: Core {
                 config,
                 me,
+                signer: None,
                 peers,
                 my_pos,
                 timers: BinaryHeap::new(),
@@ -113,6 +118,16 @@ impl<R: RngCore> Engine<R> {
             seen,
             rng,
         })
+    }
+
+    /// Signs this node's broadcasts with `key` (SPEC 7); its address must be this node's.
+    pub fn with_signing_key(mut self, key: SigningKey) -> Result<Self, EngineError> {
+        let address = Address::from_public_key(&key.verifying_key().to_bytes());
+        if address != self.core.me {
+            return Err(EngineError::WrongSigningKey);
+        }
+        self.core.signer = Some(Box::new(key));
+        Ok(self)
     }
 
     /// Replaces the peer list; messages already known keep the view they started with.
@@ -150,12 +165,23 @@ impl<R: RngCore> Engine<R> {
             }
         };
         self.core.stats.broadcasts += 1;
-        let entry = Entry::new(
-            self.core.peers.clone(),
-            self.core.my_pos,
-            payload,
-            origin_time_us,
-        );
+        let hash = payload_hash(&payload);
+        let strategy = self.core.config.strategy;
+        let signature = self
+            .core
+            .signer
+            .as_ref()
+            .map(|k| auth::sign(k, &id, origin_time_us, strategy, &hash));
+        let entry = Entry {
+            payload_hash: hash,
+            signature,
+            ..Entry::new(
+                self.core.peers.clone(),
+                self.core.my_pos,
+                payload,
+                origin_time_us,
+            )
+        };
         self.insert(now, id, entry);
         let Some(e) = self.seen.get_mut(&id) else {
             return Ok(id);
@@ -201,7 +227,7 @@ impl<R: RngCore> Engine<R> {
                 self.on_igyw_reply(now, from, id, want);
                 Ok(())
             }
-            Message::Direct { id, payload } => self.on_direct(now, id, payload),
+            Message::Direct { id, payload } => self.on_direct(now, from, id, payload),
             Message::Request { .. } => self.reject(EngineError::Unexpected("request")),
             Message::Response { .. } => self.reject(EngineError::Unexpected("response")),
             Message::Goodbye { .. } => self.reject(EngineError::Unexpected("goodbye")),
@@ -307,6 +333,11 @@ impl<R: RngCore> Engine<R> {
         Err(e)
     }
 
+    fn forged(&mut self, why: &'static str) -> Result<(), EngineError> {
+        self.core.stats.forged += 1;
+        Err(EngineError::Forged(why))
+    }
+
     fn insert(&mut self, now: Duration, id: MessageId, entry: Entry) {
         let (_, evicted) = self.seen.insert(id, entry);
         self.core.stats.evicted += evicted as u64;
@@ -331,6 +362,20 @@ impl<R: RngCore> Engine<R> {
             });
         }
         let id = g.id;
+        let first = !self.seen.contains(&id);
+        // Verified before anything is marked seen, ACKed, forwarded or delivered, so a forgery
+        // can neither be delivered nor poison the seen-set for the real broadcast.
+        let hash = if first {
+            let h = payload_hash(&g.payload);
+            if cfg.verify_signatures {
+                if let Err(why) = auth::check(&g, &h) {
+                    return self.forged(why);
+                }
+            }
+            h
+        } else {
+            [0; 32]
+        };
         // The sender waits for this even when the copy is a duplicate.
         if g.route == Route::Tree && cfg.acks {
             self.core.send(
@@ -341,10 +386,11 @@ impl<R: RngCore> Engine<R> {
                 },
             );
         }
-        let first = !self.seen.contains(&id);
         if first {
             let entry = Entry {
                 hops: g.hops,
+                payload_hash: hash,
+                signature: g.signature.clone(),
                 ..Entry::new(
                     self.core.peers.clone(),
                     self.core.my_pos,
@@ -366,8 +412,17 @@ impl<R: RngCore> Engine<R> {
         let Some(e) = self.seen.get_mut(&id) else {
             return Ok(());
         };
-        if e.payload.is_empty() {
+        if !e.holds_payload && may_forward(&cfg, e, &g) {
+            // The released payload comes back only byte for byte: a duplicate must never make
+            // this node forward bytes other than those it delivered.
+            if payload_hash(&g.payload) != e.payload_hash {
+                self.core.stats.forged += 1;
+                return Err(EngineError::Forged(
+                    "payload differs from the one delivered",
+                ));
+            }
             e.payload = g.payload.clone();
+            e.holds_payload = true;
         }
         match g.route {
             Route::Tree | Route::Resend => {
@@ -416,11 +471,19 @@ impl<R: RngCore> Engine<R> {
     }
 
     fn on_igyw(&mut self, now: Duration, from: Address, id: MessageId, span: u32) {
-        let want = !self.seen.contains(&id);
+        // A holder that released the payload asks for it again when the offer needs serving
+        // (a window to cover or a chain to take over): its WANTs could not be answered else.
+        let cleanup = self.core.config.cleanup;
+        let want = self.seen.get(&id).is_none_or(|e| {
+            !e.holds_payload
+                && (span.min(clamp_u32(e.peers.len() as u64)) > e.igyw.window
+                    || (cleanup && !e.igyw.started))
+        });
         self.core.send(from, Message::IgywReply { id, want });
         // A node that has the message answers for the window it was offered (SPEC 6):
         // nodes past it in the window may still miss it.
-        if let Some(e) = self.seen.get_mut(&id) {
+        // Only a holder of the payload can serve the WANTs its offers may bring.
+        if let Some(e) = self.seen.get_mut(&id).filter(|e| e.holds_payload) {
             self.core.cover_window(now, id, e, span);
             // A holder whose own chain never started (it was filled by clean-up) takes over
             // past its window: a chain that stops at this HAVE must not leave the ring beyond.
@@ -455,6 +518,8 @@ impl<R: RngCore> Engine<R> {
             self.core.stats.igyw_have += 1;
         }
         match o.kind {
+            // A released payload cannot be sent: the asker gets it from another holder.
+            _ if want && !e.holds_payload => e.igyw.finished |= o.kind == OfferKind::Chain,
             OfferKind::Probe { lor } => {
                 if want {
                     let m = self.core.gossip(id, e, lor, Route::Resend);
@@ -491,9 +556,15 @@ impl<R: RngCore> Engine<R> {
     fn on_direct(
         &mut self,
         now: Duration,
+        from: Address,
         id: MessageId,
         payload: Bytes,
     ) -> Result<(), EngineError> {
+        // Unsigned: the transport authenticated the sender, which may only use its own name
+        // (else it could plant other origins' ids in the seen-set).
+        if id.origin != from {
+            return self.forged("direct message in another node's name");
+        }
         let max = self.core.config.max_payload;
         if payload.len() > max {
             return self.reject(EngineError::PayloadTooLarge {
@@ -585,6 +656,15 @@ impl<R: RngCore> Engine<R> {
     }
 }
 
+/// Whether a copy of a known id may make this node send the payload again.
+fn may_forward(cfg: &Config, e: &Entry, g: &Gossip) -> bool {
+    match g.route {
+        Route::Tree | Route::Resend => cfg.forward_duplicates || g.level_or_range > e.done,
+        Route::Cleanup => true,
+        _ => false,
+    }
+}
+
 fn clamp_u32(x: u64) -> u32 {
     u32::try_from(x).unwrap_or(u32::MAX)
 }
@@ -621,6 +701,7 @@ impl Core {
             origin_time_us: e.origin_time_us,
             hops: e.hops.saturating_add(1),
             payload: e.payload.clone(),
+            signature: e.signature.clone(),
         })
     }
 
@@ -1077,6 +1158,7 @@ impl Core {
     fn release_if_idle(&mut self, e: &mut Entry) {
         if !e.busy() {
             e.payload = Bytes::new();
+            e.holds_payload = false;
         }
     }
 }

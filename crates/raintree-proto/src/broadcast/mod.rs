@@ -4,8 +4,11 @@
 //! [`Engine::handle_timeout`], [`Engine::set_peers`]); outputs are sends and deliveries
 //! ([`Engine::poll_output`]) and the next deadline ([`Engine::poll_timeout`]).
 
+mod auth;
 mod config;
 mod engine;
+#[cfg(test)]
+mod hostile_tests;
 mod liveness;
 mod seen;
 #[cfg(test)]
@@ -87,6 +90,9 @@ pub struct Stats {
     pub probes: u64,
     /// Failed parts of the exact tree re-split among their remaining nodes.
     pub resplits: u64,
+    /// Copies dropped as forged: a broadcast whose signature does not verify, a duplicate
+    /// whose payload is not the one delivered, a direct message in another node's name.
+    pub forged: u64,
 }
 
 impl Stats {
@@ -113,6 +119,7 @@ impl Stats {
         self.skips += o.skips;
         self.probes += o.probes;
         self.resplits += o.resplits;
+        self.forged += o.forged;
     }
 }
 
@@ -141,4 +148,10 @@ pub enum EngineError {
     /// A message kind the engine does not handle (request, response, goodbye).
     #[error("unexpected message: {0}")]
     Unexpected(&'static str),
+    /// A copy whose origin is not proven; the driver should penalise the connection it came on.
+    #[error("forged message: {0}")]
+    Forged(&'static str),
+    /// A signing key whose address is not this node's.
+    #[error("the signing key is not this node's identity")]
+    WrongSigningKey,
 }

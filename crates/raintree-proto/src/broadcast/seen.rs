@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::peers::{Address, PeerList};
-use crate::wire::MessageId;
+use crate::wire::{MessageId, OriginSignature};
 
 /// A tree send waiting for its ACK.
 #[derive(Clone, Debug)]
@@ -83,6 +83,13 @@ pub(crate) struct Entry {
     pub my_pos: usize,
     /// Kept only while some duty may still send it.
     pub payload: Bytes,
+    /// False once `payload` was released; a later copy brings it back only if its hash matches.
+    pub holds_payload: bool,
+    /// SHA-256 of the payload delivered: a duplicate never substitutes other bytes.
+    pub payload_hash: [u8; 32],
+    /// The verified origin signature, forwarded with every copy (the verdict is cached here:
+    /// duplicates are not verified again and their signature bytes are never used).
+    pub signature: Option<std::sync::Arc<OriginSignature>>,
     pub origin_time_us: u64,
     /// Hops of the copy that first reached us (0 at the originator).
     pub hops: u32,
@@ -108,6 +115,9 @@ impl Entry {
             peers,
             my_pos,
             payload,
+            holds_payload: true,
+            payload_hash: [0; 32],
+            signature: None,
             origin_time_us,
             hops: 0,
             done: 0,

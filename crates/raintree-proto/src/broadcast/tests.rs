@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ed25519_dalek::SigningKey;
 use proptest::prelude::{any, prop_assert, prop_oneof, proptest, Just, Strategy as PropStrategy};
 
 use super::*;
@@ -13,30 +14,57 @@ use crate::wire::{Gossip, Route, Strategy};
 
 const T0: Duration = Duration::ZERO;
 
+/// Engines fed hand-made gossip: nothing is signed, nothing verified.
+pub(super) fn unsigned() -> Config {
+    Config {
+        verify_signatures: false,
+        ..Config::default()
+    }
+}
+
+/// A deterministic signing key.
+pub(super) fn key(i: u64) -> SigningKey {
+    let mut b = [7u8; 32];
+    b[..8].copy_from_slice(&i.to_le_bytes());
+    SigningKey::from_bytes(&b)
+}
+
+pub(super) fn address_of(k: &SigningKey) -> Address {
+    Address::from_public_key(&k.verifying_key().to_bytes())
+}
+
 /// A seeded nonce generator: tests replay exactly.
-fn rng(seed: u64) -> rand::rngs::StdRng {
+pub(super) fn rng(seed: u64) -> rand::rngs::StdRng {
     rand::SeedableRng::seed_from_u64(seed)
 }
 
 /// N engines delivering messages in FIFO order at one instant; counts reads/writes per position.
-struct Net {
-    list: Arc<PeerList>,
-    engines: Vec<Engine>,
-    queue: VecDeque<(usize, usize, Message)>,
-    reads: Vec<u32>,
-    writes: Vec<u32>,
-    delivered: Vec<u32>,
-    dead: Vec<bool>,
+pub(super) struct Net {
+    pub list: Arc<PeerList>,
+    pub engines: Vec<Engine>,
+    pub queue: VecDeque<(usize, usize, Message)>,
+    pub reads: Vec<u32>,
+    pub writes: Vec<u32>,
+    pub delivered: Vec<u32>,
+    pub dead: Vec<bool>,
 }
 
 impl Net {
-    fn new(n: usize, config: Config) -> Self {
-        let list = Arc::new(PeerList::new((0..n as u64).map(Address::from_index)));
+    pub fn new(n: usize, config: Config) -> Self {
+        let keys: Vec<SigningKey> = (0..n as u64).map(key).collect();
+        let list = Arc::new(PeerList::new(keys.iter().map(address_of)));
+        // Every engine signs and verifies, as a node does.
         let engines = list
             .as_slice()
             .iter()
             .enumerate()
-            .map(|(i, a)| Engine::new(config.clone(), *a, list.clone(), rng(i as u64)).unwrap())
+            .map(|(i, a)| {
+                let k = keys.iter().find(|k| address_of(k) == *a).unwrap().clone();
+                Engine::new(config.clone(), *a, list.clone(), rng(i as u64))
+                    .unwrap()
+                    .with_signing_key(k)
+                    .unwrap()
+            })
             .collect();
         Net {
             list,
@@ -49,7 +77,7 @@ impl Net {
         }
     }
 
-    fn drain(&mut self, i: usize) {
+    pub fn drain(&mut self, i: usize) {
         while let Some(out) = self.engines[i].poll_output() {
             match out {
                 Output::Send { to, message } => {
@@ -64,7 +92,7 @@ impl Net {
         }
     }
 
-    fn run(&mut self, now: Duration) {
+    pub fn run(&mut self, now: Duration) {
         for i in 0..self.engines.len() {
             self.drain(i);
         }
@@ -82,7 +110,7 @@ impl Net {
     }
 
     /// Fires every timer due by `until`, in deadline order, running the network in between.
-    fn run_timers(&mut self, until: Duration) {
+    pub fn run_timers(&mut self, until: Duration) {
         loop {
             let next = (0..self.engines.len())
                 .filter(|&i| !self.dead[i])
@@ -286,7 +314,7 @@ fn tree_copies_are_acked_even_when_duplicate() {
     let list = Arc::new(PeerList::new((0..9).map(Address::from_index)));
     let me = list.get(4).unwrap();
     let from = list.get(0).unwrap();
-    let mut e = Engine::new(Config::default(), me, list.clone(), rng(3)).unwrap();
+    let mut e = Engine::new(unsigned(), me, list.clone(), rng(3)).unwrap();
     let id = MessageId {
         origin: from,
         nonce: 1,
@@ -315,7 +343,7 @@ fn level_aware_dedup_forwards_only_new_levels() {
     let mut e = Engine::new(
         Config {
             acks: false,
-            ..Config::default()
+            ..unsigned()
         },
         list.get(5).unwrap(),
         list.clone(),
@@ -404,7 +432,7 @@ fn reference_resends_to_neighbours_of_a_dead_target() {
     assert_eq!(e.poll_timeout(), Some(Config::default().seen_ttl));
 }
 
-fn exact() -> Config {
+pub(super) fn exact() -> Config {
     Config {
         strategy: Strategy::Exact,
         ..Config::default()
@@ -754,6 +782,7 @@ fn arb_message() -> impl PropStrategy<Value = Message> {
                     origin_time_us: 0,
                     hops,
                     payload: Bytes::from_static(b"p"),
+                    signature: None,
                 })
             }),
         (id.clone(), any::<u32>()).prop_map(|(id, lor)| Message::Ack {
@@ -784,7 +813,7 @@ proptest! {
             redundancy: Redundancy::Both,
             cleanup: true,
             seen_ttl: Duration::from_secs(1000),
-            ..Config::default()
+            ..unsigned()
         };
         let mut e = Engine::new(config, list.get(0).unwrap(), list.clone(), rng(9)).unwrap();
         let mut now = Duration::ZERO;

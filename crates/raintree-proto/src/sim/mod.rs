@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ed25519_dalek::SigningKey;
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -79,6 +80,9 @@ pub struct SimConfig {
     pub churn_period: Duration,
     /// Time between broadcast starts; zero runs each after the previous one settles.
     pub interval: Duration,
+    /// Every node signs and verifies broadcasts with a real Ed25519 key (slower to set up:
+    /// a key per node); off, nothing is signed and `protocol.verify_signatures` is ignored.
+    pub signatures: bool,
 }
 
 /// What a sender sees of a message to a node that is down.
@@ -111,6 +115,7 @@ impl Default for SimConfig {
             churn_percent: 0.0,
             churn_period: Duration::from_secs(1),
             interval: Duration::ZERO,
+            signatures: false,
         }
     }
 }
@@ -341,6 +346,8 @@ struct Sim<'a> {
     cfg: &'a SimConfig,
     config: Arc<Config>,
     list: Arc<PeerList>,
+    /// Each node's signing key by sorted position, when signatures are on.
+    keys: Option<Vec<SigningKey>>,
     engines: Vec<Option<Box<Engine>>>,
     /// Engine instances each node has had: a restarted node gets a fresh seed.
     restarts: Vec<u32>,
@@ -369,7 +376,26 @@ struct Sim<'a> {
 impl<'a> Sim<'a> {
     fn new(cfg: &'a SimConfig) -> Self {
         let n = cfg.nodes;
-        let list = Arc::new(PeerList::new((0..n as u64).map(Address::from_index)));
+        let keys = cfg.signatures.then(|| {
+            let mut keys: Vec<(Address, SigningKey)> = (0..n as u64)
+                .map(|i| {
+                    let mut b = [0u8; 32];
+                    b[..8].copy_from_slice(&sub_seed(cfg.seed, 1 << 48 | i).to_le_bytes());
+                    b[8..16].copy_from_slice(&i.to_le_bytes());
+                    let k = SigningKey::from_bytes(&b);
+                    (Address::from_public_key(&k.verifying_key().to_bytes()), k)
+                })
+                .collect();
+            keys.sort_by_key(|(a, _)| *a);
+            keys
+        });
+        let list = Arc::new(match &keys {
+            Some(k) => PeerList::new(k.iter().map(|(a, _)| *a)),
+            None => PeerList::new((0..n as u64).map(Address::from_index)),
+        });
+        let keys = keys.map(|k| k.into_iter().map(|(_, k)| k).collect());
+        let mut protocol = cfg.protocol.clone();
+        protocol.verify_signatures = cfg.signatures;
         let mut dead = vec![false; n];
         let dead_count = ((n as f64) * cfg.dead_percent / 100.0).round() as usize;
         let mut others: Vec<usize> = (0..n).filter(|&i| i != cfg.originator).collect();
@@ -380,8 +406,9 @@ impl<'a> Sim<'a> {
         }
         Sim {
             cfg,
-            config: Arc::new(cfg.protocol.clone()),
+            config: Arc::new(protocol),
             list,
+            keys,
             engines: (0..n).map(|_| None).collect(),
             restarts: vec![0; n],
             dead,
@@ -432,7 +459,10 @@ impl<'a> Sim<'a> {
             1 << 40 | u64::from(self.restarts[i]) << 32 | i as u64,
         );
         let rng = SmallRng::seed_from_u64(seed);
-        let e = Engine::with_shared_config(self.config.clone(), me, self.view(i), rng)?;
+        let mut e = Engine::with_shared_config(self.config.clone(), me, self.view(i), rng)?;
+        if let Some(keys) = &self.keys {
+            e = e.with_signing_key(keys[i].clone())?;
+        }
         Ok(Box::new(e))
     }
 

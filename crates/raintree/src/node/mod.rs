@@ -172,7 +172,14 @@ impl Node {
 
         // Nonces from a CSPRNG seeded by the OS: an observed id must not predict the next one.
         let rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
-        let engine = broadcast::Engine::new(protocol, address, list, rng)?;
+        let signing_key = ed25519_dalek::SigningKey::from_bytes(&identity.secret_bytes());
+        // A node always checks origins, whatever the config says (SPEC 7).
+        let protocol = broadcast::Config {
+            verify_signatures: true,
+            ..protocol
+        };
+        let engine =
+            broadcast::Engine::new(protocol, address, list, rng)?.with_signing_key(signing_key)?;
         let (transport, events) = Transport::bind(identity, transport, transport_metrics).await?;
 
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
