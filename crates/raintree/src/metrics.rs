@@ -31,6 +31,7 @@ pub struct NodeMetrics {
     probes: Counter,
     resplits: Counter,
     forged: Counter,
+    impossible: Counter,
     peers: Gauge,
     latency: Histogram,
 }
@@ -64,6 +65,7 @@ impl NodeMetrics {
             probes: Counter::default(),
             resplits: Counter::default(),
             forged: Counter::default(),
+            impossible: Counter::default(),
             peers: Gauge::default(),
             // 100 µs .. ~52 s: loopback deliveries through slow multi-hop resends.
             latency: Histogram::new(exponential_buckets(0.0001, 2.0, 20)),
@@ -72,7 +74,7 @@ impl NodeMetrics {
 
     /// Each engine counter with its metric name, help and where its value sits in [`Stats`]:
     /// one table, so registering and syncing can never disagree.
-    fn counters(&self) -> [CounterRow<'_>; 19] {
+    fn counters(&self) -> [CounterRow<'_>; 20] {
         [
             (
                 "broadcasts",
@@ -187,6 +189,12 @@ impl NodeMetrics {
                 "Copies dropped as forged (bad origin signature, substituted payload, spoofed direct)",
                 &self.forged,
                 |s| s.forged,
+            ),
+            (
+                "impossible_ranges",
+                "Tree copies refused: a level or range no correct sender could send",
+                &self.impossible,
+                |s| s.impossible,
             ),
         ]
     }

@@ -362,6 +362,20 @@ impl<R: RngCore> Engine<R> {
             });
         }
         let id = g.id;
+        if matches!(g.route, Route::Tree | Route::Resend) {
+            let (peers, my_pos) = match self.seen.get(&id) {
+                Some(e) => (e.peers.clone(), e.my_pos),
+                None => (self.core.peers.clone(), self.core.my_pos),
+            };
+            let max = tree_bound(&cfg, &peers, my_pos, &id.origin, &from);
+            if g.level_or_range > max {
+                self.core.stats.impossible += 1;
+                return Err(EngineError::ImpossibleRange {
+                    got: g.level_or_range,
+                    max,
+                });
+            }
+        }
         let first = !self.seen.contains(&id);
         // Verified before anything is marked seen, ACKed, forwarded or delivered, so a forgery
         // can neither be delivered nor poison the seen-set for the real broadcast.
@@ -656,6 +670,36 @@ impl<R: RngCore> Engine<R> {
     }
 }
 
+/// The largest level (reference) or range (exact) a correct `from` can put on a tree copy of
+/// a broadcast by `origin` to this node at `my_pos` of `peers`.
+fn tree_bound(
+    cfg: &Config,
+    peers: &PeerList,
+    my_pos: usize,
+    origin: &Address,
+    from: &Address,
+) -> u32 {
+    let n = peers.len();
+    match cfg.strategy {
+        Strategy::Reference => tree::max_level(n as u64),
+        Strategy::Exact => {
+            let Some(f) = peers.position(from) else {
+                // An unlisted sender is not this node: it owned at most all of the view but us.
+                return clamp_u32(n.saturating_sub(1).max(1) as u64);
+            };
+            // The sender stands `d` before this node; its range ended within its own view.
+            let d = (my_pos + n - f) % n;
+            let generic = (n - d) as u64;
+            let Some(o) = peers.position(origin) else {
+                return clamp_u32(generic);
+            };
+            let x = ((my_pos + n - o) % n) as u64;
+            let s = ((f + n - o) % n) as u64;
+            clamp_u32(generic.min(tree::exact_range_bound(n as u64, x, s)))
+        }
+    }
+}
+
 /// Whether a copy of a known id may make this node send the payload again.
 fn may_forward(cfg: &Config, e: &Entry, g: &Gossip) -> bool {
     match g.route {
@@ -732,9 +776,21 @@ impl Core {
                 if !dup_mode && range <= e.done {
                     return false;
                 }
-                // A larger range re-splits from scratch; the overlap is deduped downstream.
-                e.done = e.done.max(range);
-                self.forward_exact(now, id, e, u64::from(range));
+                if dup_mode || e.done <= 1 {
+                    e.done = e.done.max(range);
+                    self.forward_exact(now, id, e, u64::from(range));
+                    return true;
+                }
+                // A re-delegation (a part above this node failed): only the part beyond what
+                // this node already covered is new, so only that is handed out, never the
+                // whole range again.
+                let covered = e.done as usize;
+                e.done = range;
+                let mut parts = Vec::with_capacity(3);
+                push_split(&mut parts, covered, range as usize - covered);
+                for (off, len) in parts {
+                    self.delegate(now, id, e, off, len);
+                }
                 true
             }
         }

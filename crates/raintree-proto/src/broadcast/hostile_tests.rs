@@ -36,7 +36,11 @@ fn first_copy(net: &mut Net, payload: &'static [u8]) -> Gossip {
 #[test]
 fn forged_origins_are_dropped_before_they_are_seen_acked_or_delivered() {
     let mut net = Net::new(9, exact());
-    let real = first_copy(&mut net, b"block");
+    // A leaf copy, so that the range is one any sender may give.
+    let real = Gossip {
+        level_or_range: 1,
+        ..first_copy(&mut net, b"block")
+    };
     let from = net.list.get(3).unwrap();
     let other = key(99);
     let resigned = auth::sign(
@@ -219,4 +223,152 @@ fn a_signing_key_must_be_the_nodes_own() {
         e.with_signing_key(stranger).err(),
         Some(EngineError::WrongSigningKey)
     );
+}
+
+#[test]
+fn reference_levels_above_l_are_refused() {
+    let mut net = Net::new(
+        27,
+        Config {
+            acks: true,
+            ..Config::default()
+        },
+    );
+    let real = first_copy(&mut net, b"block");
+    let from = net.list.get(0).unwrap();
+    let e = &mut net.engines[13];
+    let too_high = Gossip {
+        level_or_range: 4,
+        ..real.clone()
+    };
+    assert_eq!(
+        e.handle_message(T0, from, Message::Gossip(too_high)),
+        Err(EngineError::ImpossibleRange { got: 4, max: 3 })
+    );
+    assert!(outputs(e).is_empty(), "no ACK, no delivery");
+    assert!(!e.has_seen(&real.id));
+    assert_eq!(e.stats().impossible, 1);
+    let top = Gossip {
+        level_or_range: 3,
+        ..real
+    };
+    e.handle_message(T0, from, Message::Gossip(top)).unwrap();
+    assert_eq!(e.stats().deliveries, 1);
+}
+
+/// Runs node 0's exact broadcast over `n` nodes without ACKs; returns the network, each tree
+/// copy's `(from, to, range)` and the first copy node 0 sent (a template for injected copies).
+fn exact_tree_run(n: usize) -> (Net, Vec<(usize, usize, u32)>, Gossip) {
+    let mut net = Net::new(
+        n,
+        Config {
+            acks: false,
+            ..exact()
+        },
+    );
+    net.engines[0]
+        .broadcast(T0, Bytes::from_static(b"block"), 1)
+        .unwrap();
+    net.drain(0);
+    let mut copies = Vec::new();
+    let mut template = None;
+    while let Some((from, to, m)) = net.queue.pop_front() {
+        if let Message::Gossip(g) = &m {
+            copies.push((from, to, g.level_or_range));
+            template.get_or_insert_with(|| g.clone());
+        }
+        let a = net.list.get(from).unwrap();
+        net.engines[to].handle_message(T0, a, m).unwrap();
+        net.drain(to);
+    }
+    (net, copies, template.unwrap())
+}
+
+#[test]
+fn an_inflated_range_from_the_parent_is_refused() {
+    let (mut net, copies, _) = exact_tree_run(27);
+    let (parent, x, range) = *copies.iter().find(|c| c.0 != 0 && c.2 > 1).unwrap();
+    let mut fresh = Net::new(
+        27,
+        Config {
+            acks: true,
+            ..exact()
+        },
+    );
+    let real = first_copy(&mut fresh, b"block");
+    let from = fresh.list.get(parent).unwrap();
+    let e = &mut fresh.engines[x];
+    for inflated in [range + 1, 27 - x as u32] {
+        let g = Gossip {
+            level_or_range: inflated,
+            ..real.clone()
+        };
+        let r = e.handle_message(T0, from, Message::Gossip(g));
+        assert!(
+            matches!(r, Err(EngineError::ImpossibleRange { .. })),
+            "{r:?}"
+        );
+        assert!(outputs(e).is_empty());
+    }
+    let g = Gossip {
+        level_or_range: range,
+        ..real
+    };
+    e.handle_message(T0, from, Message::Gossip(g)).unwrap();
+    assert_eq!(e.stats().impossible, 2);
+    assert_eq!(e.stats().deliveries, 1);
+    // The run without ACKs sent every range a correct parent would: none was refused.
+    assert!(net.engines.iter_mut().all(|e| e.stats().impossible == 0));
+}
+
+#[test]
+fn a_re_delegation_forwards_only_the_new_part() {
+    let n = 40;
+    let (mut net, copies, template) = exact_tree_run(n);
+    // A node whose parent is not the originator: the originator re-splitting a failed part
+    // above it may legitimately give it more than its own range.
+    let (x, range, bound) = copies
+        .iter()
+        .filter(|c| c.0 != 0)
+        .map(|&(_, x, r)| {
+            let b = crate::tree::exact_range_bound(n as u64, x as u64, 0) as u32;
+            (x, r, b)
+        })
+        .find(|&(_, r, b)| b > r + 3)
+        .unwrap();
+    let from = net.list.get(0).unwrap();
+    let e = &mut net.engines[x];
+    let too_much = Gossip {
+        level_or_range: bound + 1,
+        ..template.clone()
+    };
+    assert!(e
+        .handle_message(T0, from, Message::Gossip(too_much))
+        .is_err());
+    let g = Gossip {
+        level_or_range: bound,
+        ..template.clone()
+    };
+    e.handle_message(T0, from, Message::Gossip(g.clone()))
+        .unwrap();
+    let me = net.list.position(&e.address()).unwrap();
+    let mut handed = 0;
+    for o in outputs(e) {
+        if let Output::Send {
+            to,
+            message: Message::Gossip(c),
+        } = o
+        {
+            let off = (net.list.position(&to).unwrap() + n - me) % n;
+            assert!(off >= range as usize, "offset {off} was already covered");
+            assert!(off + c.level_or_range as usize <= bound as usize);
+            assert_eq!(c.payload, template.payload);
+            handed += c.level_or_range;
+        }
+    }
+    // Exactly the new part, once; a re-split from scratch would hand out `bound - 1`.
+    assert_eq!(handed, bound - range);
+    // The same copy again is nothing new.
+    e.handle_message(T0, from, Message::Gossip(g)).unwrap();
+    assert!(outputs(e).is_empty());
 }

@@ -93,6 +93,8 @@ pub struct Stats {
     /// Copies dropped as forged: a broadcast whose signature does not verify, a duplicate
     /// whose payload is not the one delivered, a direct message in another node's name.
     pub forged: u64,
+    /// Tree copies refused because no correct sender could give them their level or range.
+    pub impossible: u64,
 }
 
 impl Stats {
@@ -120,6 +122,7 @@ impl Stats {
         self.probes += o.probes;
         self.resplits += o.resplits;
         self.forged += o.forged;
+        self.impossible += o.impossible;
     }
 }
 
@@ -151,6 +154,14 @@ pub enum EngineError {
     /// A copy whose origin is not proven; the driver should penalise the connection it came on.
     #[error("forged message: {0}")]
     Forged(&'static str),
+    /// A tree copy whose level or range no correct sender could send.
+    #[error("level or range {got} exceeds what a correct sender could send ({max})")]
+    ImpossibleRange {
+        /// The level or range received.
+        got: u32,
+        /// The largest a correct sender could send.
+        max: u32,
+    },
     /// A signing key whose address is not this node's.
     #[error("the signing key is not this node's identity")]
     WrongSigningKey,
