@@ -450,6 +450,13 @@ impl Net {
                 assert_eq!((l, max), (len, self.cfg.max_payload));
                 assert!(len > max);
             }
+            // Every id within its age limit is remembered, so a full seen-set refuses new ones.
+            Err(EngineError::SeenSetFull) => {
+                assert_eq!(
+                    self.nodes[i].engine.seen_len(),
+                    self.cfg.seen_capacity.max(1)
+                );
+            }
             Err(e) => panic!("broadcast failed: {e}"),
         }
         self.after(i, None);

@@ -50,6 +50,8 @@ struct Core {
     peers: Arc<PeerList>,
     my_pos: usize,
     timers: BinaryHeap<Reverse<Timer>>,
+    /// Heap size past which stale timers are swept out (twice the live ones after a sweep).
+    compact_at: usize,
     timer_order: u64,
     outputs: VecDeque<Output>,
     stats: Stats,
@@ -110,6 +112,7 @@ impl<R: RngCore> Engine<R> {
                 peers,
                 my_pos,
                 timers: BinaryHeap::new(),
+                compact_at: MIN_COMPACT,
                 timer_order: 0,
                 outputs: VecDeque::new(),
                 stats: Stats::default(),
@@ -160,11 +163,10 @@ impl<R: RngCore> Engine<R> {
                 origin: self.core.me,
                 nonce: self.rng.next_u64(),
             };
-            if !self.seen.contains(&id) {
+            if !self.seen.knows(&id) {
                 break id;
             }
         };
-        self.core.stats.broadcasts += 1;
         let hash = payload_hash(&payload);
         let strategy = self.core.config.strategy;
         let signature = self
@@ -182,7 +184,8 @@ impl<R: RngCore> Engine<R> {
                 origin_time_us,
             )
         };
-        self.insert(now, id, entry);
+        self.insert(now, id, entry)?;
+        self.core.stats.broadcasts += 1;
         let Some(e) = self.seen.get_mut(&id) else {
             return Ok(id);
         };
@@ -308,9 +311,19 @@ impl<R: RngCore> Engine<R> {
         self.seen.len()
     }
 
-    /// Whether `id` is remembered (delivered, originated or seen).
+    /// Whether `id` is remembered (delivered, originated or seen) within its age limit.
     pub fn has_seen(&self, id: &MessageId) -> bool {
-        self.seen.contains(id)
+        self.seen.knows(id)
+    }
+
+    /// Ids evicted for capacity but still remembered (tombstones), never delivered again.
+    pub fn tombstones(&self) -> usize {
+        self.seen.tombstones()
+    }
+
+    /// Timers in the heap, live or stale: bounded by a small multiple of the live ones.
+    pub fn timer_count(&self) -> usize {
+        self.core.timers.len()
     }
 
     /// Whether `peer` is currently passed over for failing (SPEC 4).
@@ -338,13 +351,20 @@ impl<R: RngCore> Engine<R> {
         Err(EngineError::Forged(why))
     }
 
-    fn insert(&mut self, now: Duration, id: MessageId, entry: Entry) {
-        let (_, evicted) = self.seen.insert(id, entry);
+    /// Remembers a new id; refused when the seen-set and its tombstones are full of ids still
+    /// within their age limit (forgetting one could deliver it twice).
+    fn insert(&mut self, now: Duration, id: MessageId, entry: Entry) -> Result<(), EngineError> {
+        let ttl = self.core.config.seen_ttl;
+        let Ok((_, evicted)) = self.seen.insert(id, entry, now, ttl) else {
+            self.core.stats.seen_full += 1;
+            return Err(EngineError::SeenSetFull);
+        };
         self.core.stats.evicted += evicted as u64;
         let at = now.saturating_add(self.core.config.seen_ttl);
         if let Some(e) = self.seen.get_mut(&id) {
             self.core.schedule(e, id, at, TimerKind::Expire);
         }
+        Ok(())
     }
 
     fn on_gossip(&mut self, now: Duration, from: Address, g: Gossip) -> Result<(), EngineError> {
@@ -376,7 +396,7 @@ impl<R: RngCore> Engine<R> {
                 });
             }
         }
-        let first = !self.seen.contains(&id);
+        let first = !self.seen.knows(&id);
         // Verified before anything is marked seen, ACKed, forwarded or delivered, so a forgery
         // can neither be delivered nor poison the seen-set for the real broadcast.
         let hash = if first {
@@ -390,16 +410,6 @@ impl<R: RngCore> Engine<R> {
         } else {
             [0; 32]
         };
-        // The sender waits for this even when the copy is a duplicate.
-        if g.route == Route::Tree && cfg.acks {
-            self.core.send(
-                from,
-                Message::Ack {
-                    id,
-                    level_or_range: g.level_or_range,
-                },
-            );
-        }
         if first {
             let entry = Entry {
                 hops: g.hops,
@@ -412,7 +422,19 @@ impl<R: RngCore> Engine<R> {
                     g.origin_time_us,
                 )
             };
-            self.insert(now, id, entry);
+            self.insert(now, id, entry)?;
+        }
+        // The sender waits for this even when the copy is a duplicate.
+        if g.route == Route::Tree && cfg.acks {
+            self.core.send(
+                from,
+                Message::Ack {
+                    id,
+                    level_or_range: g.level_or_range,
+                },
+            );
+        }
+        if first {
             self.core.stats.deliveries += 1;
             self.core.outputs.push_back(Output::Deliver {
                 id,
@@ -488,11 +510,13 @@ impl<R: RngCore> Engine<R> {
         // A holder that released the payload asks for it again when the offer needs serving
         // (a window to cover or a chain to take over): its WANTs could not be answered else.
         let cleanup = self.core.config.cleanup;
-        let want = self.seen.get(&id).is_none_or(|e| {
-            !e.holds_payload
-                && (span.min(clamp_u32(e.peers.len() as u64)) > e.igyw.window
-                    || (cleanup && !e.igyw.started))
-        });
+        let known = self.seen.knows(&id);
+        let want = !known
+            || self.seen.get(&id).is_some_and(|e| {
+                !e.holds_payload
+                    && (span.min(clamp_u32(e.peers.len() as u64)) > e.igyw.window
+                        || (cleanup && !e.igyw.started))
+            });
         self.core.send(from, Message::IgywReply { id, want });
         // A node that has the message answers for the window it was offered (SPEC 6):
         // nodes past it in the window may still miss it.
@@ -586,14 +610,14 @@ impl<R: RngCore> Engine<R> {
                 max,
             });
         }
-        if self.seen.contains(&id) {
+        if self.seen.knows(&id) {
             self.core.stats.duplicates += 1;
             return Ok(());
         }
         let mut entry = Entry::new(self.core.peers.clone(), self.core.my_pos, Bytes::new(), 0);
         entry.tree_done = true;
         entry.hops = 1;
-        self.insert(now, id, entry);
+        self.insert(now, id, entry)?;
         self.core.stats.deliveries += 1;
         self.core.outputs.push_back(Output::Deliver {
             id,
@@ -634,7 +658,9 @@ impl<R: RngCore> Engine<R> {
                 }
             }
             TimerKind::Expire => {
-                if e.latest_deadline > now || e.busy() {
+                // Only pending work keeps an entry past its age limit: its other timers are
+                // stale once it goes, and do nothing.
+                if e.busy() {
                     let at = e.latest_deadline.max(now + self.core.config.ack_timeout);
                     self.core.schedule(e, t.id, at, TimerKind::Expire);
                 } else {
@@ -648,25 +674,42 @@ impl<R: RngCore> Engine<R> {
         }
     }
 
-    /// Drops timers at the top of the heap that no longer have work, so `poll_timeout` is tight.
+    /// Drops timers at the top of the heap that no longer have work, so `poll_timeout` is tight,
+    /// and sweeps the whole heap once stale timers (answered, or of evicted entries) outnumber
+    /// live ones: timers belong to their seen-entry, so the heap stays bounded by the seen-set.
     fn prune_stale(&mut self) {
         while let Some(Reverse(t)) = self.core.timers.peek() {
-            let live = match self.seen.get(&t.id) {
-                Some(e) if e.seq == t.entry_seq => match t.kind {
-                    TimerKind::Ack(token) => e.acks.iter().any(|p| p.token == token),
-                    TimerKind::IgywWait(token) => e.offers.iter().any(|o| o.token == token),
-                    TimerKind::IgywStart => {
-                        !e.igyw.finished && !e.offers.iter().any(|o| o.kind == OfferKind::Chain)
-                    }
-                    TimerKind::Expire => true,
-                },
-                _ => false,
-            };
-            if live {
+            if timer_live(&self.seen, t) {
                 break;
             }
             self.core.timers.pop();
         }
+        if self.core.timers.len() > self.core.compact_at {
+            let seen = &self.seen;
+            let mut timers = std::mem::take(&mut self.core.timers).into_vec();
+            timers.retain(|Reverse(t)| timer_live(seen, t));
+            self.core.timers = BinaryHeap::from(timers);
+            self.core.compact_at = (2 * self.core.timers.len()).max(MIN_COMPACT);
+        }
+    }
+}
+
+/// The smallest heap size at which stale timers are swept.
+const MIN_COMPACT: usize = 64;
+
+/// Whether a timer still has work: its entry is the one it was set for and the thing it
+/// watches is still pending.
+fn timer_live(seen: &SeenSet, t: &Timer) -> bool {
+    match seen.get(&t.id) {
+        Some(e) if e.seq == t.entry_seq => match t.kind {
+            TimerKind::Ack(token) => e.acks.iter().any(|p| p.token == token),
+            TimerKind::IgywWait(token) => e.offers.iter().any(|o| o.token == token),
+            TimerKind::IgywStart => {
+                !e.igyw.finished && !e.offers.iter().any(|o| o.kind == OfferKind::Chain)
+            }
+            TimerKind::Expire => true,
+        },
+        _ => false,
     }
 }
 

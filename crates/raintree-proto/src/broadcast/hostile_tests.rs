@@ -372,3 +372,118 @@ fn a_re_delegation_forwards_only_the_new_part() {
     e.handle_message(T0, from, Message::Gossip(g)).unwrap();
     assert!(outputs(e).is_empty());
 }
+
+#[test]
+fn answered_timers_do_not_pile_up_in_the_heap() {
+    let mut net = Net::new(
+        9,
+        Config {
+            seen_ttl: Duration::from_millis(10),
+            ack_timeout: Duration::from_secs(10),
+            min_ack_timeout: Duration::from_secs(10),
+            ..exact()
+        },
+    );
+    let mut most = 0;
+    for i in 0..5_000u64 {
+        let now = Duration::from_millis(5 * i);
+        net.engines[0]
+            .broadcast(now, Bytes::from_static(b"b"), 0)
+            .unwrap();
+        // Every ACK comes back at once: each ACK timer left in the heap is stale.
+        net.run(now);
+        net.engines[0].handle_timeout(now);
+        most = most.max(net.engines[0].timer_count());
+    }
+    // N = 9 under the exact tree: the originator sends to offsets 3, 6, 1 and 2.
+    assert_eq!(net.engines[0].stats().acks_received, 5_000 * 4);
+    // Without sweeping, the ACK timers of every broadcast of the last 10 s stay: ~8,000.
+    assert!(most <= 2 * 16 + 64, "timer heap reached {most}");
+}
+
+#[test]
+fn eviction_takes_an_idle_entry_before_a_busy_one() {
+    let mut net = Net::new(
+        4,
+        Config {
+            seen_capacity: 2,
+            ..exact()
+        },
+    );
+    let me = net.list.get(0).unwrap();
+    let peer = net.list.get(1).unwrap();
+    // A busy entry (tree sends awaiting ACKs), then an idle one (a direct message).
+    let busy = net.engines[0]
+        .broadcast(T0, Bytes::from_static(b"b"), 0)
+        .unwrap();
+    let sent: Vec<(Address, u32)> = outputs(&mut net.engines[0])
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Send {
+                to,
+                message: Message::Gossip(g),
+            } => Some((to, g.level_or_range)),
+            _ => None,
+        })
+        .collect();
+    let e = &mut net.engines[0];
+    for nonce in [1, 2] {
+        let m = Message::Direct {
+            id: MessageId {
+                origin: peer,
+                nonce,
+            },
+            payload: Bytes::new(),
+        };
+        e.handle_message(T0, peer, m).unwrap();
+    }
+    assert_eq!(e.stats().evicted, 1);
+    assert!(e.has_seen(&busy));
+    // The busy entry kept its state: its ACKs still count.
+    for (to, lor) in sent {
+        e.handle_message(
+            T0,
+            to,
+            Message::Ack {
+                id: busy,
+                level_or_range: lor,
+            },
+        )
+        .unwrap();
+    }
+    assert_eq!(e.stats().acks_received, 3, "n = 4: three tree sends");
+    assert_eq!(e.stats().ack_timeouts, 0);
+    let _ = me;
+}
+
+#[test]
+fn ring_copies_stop_even_with_a_seen_set_of_one() {
+    let mut net = Net::new(
+        5,
+        Config {
+            seen_capacity: 1,
+            acks: false,
+            redundancy: Redundancy::Both,
+            seen_ttl: Duration::from_secs(60),
+            ..exact()
+        },
+    );
+    for _ in 0..2 {
+        net.engines[0]
+            .broadcast(T0, Bytes::from_static(b"b"), 0)
+            .unwrap_or_else(|e| panic!("{e}"));
+        net.drain(0);
+    }
+    let mut steps = 0;
+    while let Some((from, to, m)) = net.queue.pop_front() {
+        steps += 1;
+        assert!(steps < 1_000, "ring copies circulate for ever");
+        let a = net.list.get(from).unwrap();
+        let _ = net.engines[to].handle_message(T0, a, m);
+        net.drain(to);
+    }
+    // Each node delivered each broadcast at most once.
+    for (i, d) in net.delivered.iter().enumerate() {
+        assert!(*d <= 2, "node {i} delivered {d} times");
+    }
+}

@@ -95,6 +95,9 @@ pub struct Stats {
     pub forged: u64,
     /// Tree copies refused because no correct sender could give them their level or range.
     pub impossible: u64,
+    /// New ids refused because the seen-set and its tombstones were full of ids within
+    /// their age limit.
+    pub seen_full: u64,
 }
 
 impl Stats {
@@ -123,6 +126,7 @@ impl Stats {
         self.resplits += o.resplits;
         self.forged += o.forged;
         self.impossible += o.impossible;
+        self.seen_full += o.seen_full;
     }
 }
 
@@ -162,6 +166,10 @@ pub enum EngineError {
         /// The largest a correct sender could send.
         max: u32,
     },
+    /// The seen-set and its tombstones are full of ids within their age limit: a new id is
+    /// refused rather than a remembered one forgotten (and possibly delivered twice).
+    #[error("seen-set full: new message ids refused until old ones age out")]
+    SeenSetFull,
     /// A signing key whose address is not this node's.
     #[error("the signing key is not this node's identity")]
     WrongSigningKey,

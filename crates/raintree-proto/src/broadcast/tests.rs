@@ -714,24 +714,40 @@ fn seen_set_is_bounded_and_expires_after_timers() {
         ..Config::default()
     };
     let mut e = Engine::new(config, me, list.clone(), rng(0)).unwrap();
-    for nonce in 0..10 {
-        let id = MessageId {
+    let direct = |nonce| Message::Direct {
+        id: MessageId {
             origin: from,
             nonce,
-        };
-        let m = Message::Direct {
-            id,
-            payload: Bytes::new(),
-        };
-        e.handle_message(T0, from, m).unwrap();
+        },
+        payload: Bytes::new(),
+    };
+    // Four entries and four tombstones: the ninth and tenth new ids are refused, not a
+    // remembered one forgotten.
+    for nonce in 0..10 {
+        let r = e.handle_message(T0, from, direct(nonce));
+        assert_eq!(r.is_ok(), nonce < 8, "nonce {nonce}: {r:?}");
     }
     assert_eq!(e.seen_len(), 4);
-    assert_eq!(e.stats().evicted, 6);
+    assert_eq!(e.tombstones(), 4);
+    assert_eq!(e.stats().evicted, 4);
+    assert_eq!(e.stats().seen_full, 2);
+    assert_eq!(e.stats().deliveries, 8);
+    // Evicted ids are still known: a copy within the age limit is a duplicate.
+    for nonce in 0..8 {
+        e.handle_message(Duration::from_millis(500), from, direct(nonce))
+            .unwrap();
+    }
+    assert_eq!(e.stats().deliveries, 8);
     e.handle_timeout(Duration::from_millis(999));
     assert_eq!(e.seen_len(), 4);
     e.handle_timeout(Duration::from_secs(1));
     assert_eq!(e.seen_len(), 0);
     assert_eq!(e.poll_timeout(), None);
+    // Past the age limit the tombstones go too, and new ids are welcome again.
+    e.handle_message(Duration::from_secs(1), from, direct(9))
+        .unwrap();
+    assert_eq!(e.tombstones(), 0);
+    assert_eq!(e.stats().deliveries, 9);
 
     // With a pending ACK longer than the TTL the entry stays until the ACK timer is resolved.
     let config = Config {
