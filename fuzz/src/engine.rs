@@ -538,6 +538,7 @@ impl Net {
                     hops,
                 } => delivered.push((id, payload, origin_time_us, hops)),
                 Output::Send { to, message } => self.sent(i, to, message),
+                Output::Misbehaved { .. } => {}
             }
         }
         match expect {

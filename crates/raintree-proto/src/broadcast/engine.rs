@@ -1,7 +1,7 @@
 //! The broadcast engine: one node's protocol state, driven by events.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +54,10 @@ struct Core {
     compact_at: usize,
     timer_order: u64,
     outputs: VecDeque<Output>,
+    /// Ids this node answered WANT for lately, until when: a second offer of the same id meanwhile
+    /// gets HAVE, so a node in two overlapping clean-up windows takes the payload once.
+    wanted: HashMap<MessageId, Duration>,
+    wanted_order: VecDeque<(Duration, MessageId)>,
     stats: Stats,
     live: Liveness,
 }
@@ -115,6 +119,8 @@ impl<R: RngCore> Engine<R> {
                 compact_at: MIN_COMPACT,
                 timer_order: 0,
                 outputs: VecDeque::new(),
+                wanted: HashMap::new(),
+                wanted_order: VecDeque::new(),
                 stats: Stats::default(),
                 live,
             },
@@ -367,7 +373,12 @@ impl<R: RngCore> Engine<R> {
         Ok(())
     }
 
-    fn on_gossip(&mut self, now: Duration, from: Address, g: Gossip) -> Result<(), EngineError> {
+    fn on_gossip(
+        &mut self,
+        now: Duration,
+        from: Address,
+        mut g: Gossip,
+    ) -> Result<(), EngineError> {
         let cfg = self.core.config.clone();
         if g.strategy != cfg.strategy {
             return self.reject(EngineError::StrategyMismatch {
@@ -390,9 +401,19 @@ impl<R: RngCore> Engine<R> {
             let max = tree_bound(&cfg, &peers, my_pos, &id.origin, &from);
             if g.level_or_range > max {
                 self.core.stats.impossible += 1;
-                return Err(EngineError::ImpossibleRange {
-                    got: g.level_or_range,
-                    max,
+                if cfg.strategy == Strategy::Reference {
+                    return Err(EngineError::ImpossibleRange {
+                        got: g.level_or_range,
+                        max,
+                    });
+                }
+                // The signed message is good, only the range is not: refusing it would starve
+                // this node's part as a black hole would, so the part a correct sender could
+                // have given is honoured and the rest ignored.
+                g.level_or_range = max;
+                self.core.outputs.push_back(Output::Misbehaved {
+                    peer: from,
+                    reason: "impossible range",
                 });
             }
         }
@@ -507,22 +528,30 @@ impl<R: RngCore> Engine<R> {
     }
 
     fn on_igyw(&mut self, now: Duration, from: Address, id: MessageId, span: u32) {
-        // A holder that released the payload asks for it again when the offer needs serving
-        // (a window to cover or a chain to take over): its WANTs could not be answered else.
+        // With trusted window HAVEs, a holder that released the payload asks for it again when
+        // the offer needs serving (a window to cover or a chain to take over). Untrusted, the
+        // offerer covers the window itself and a HAVE is all it needs.
         let cleanup = self.core.config.cleanup;
-        let known = self.seen.knows(&id);
+        let trust = self.core.config.trust_window_have;
+        let known = self.seen.knows(&id) || self.core.wanted_lately(now, id);
         let want = !known
-            || self.seen.get(&id).is_some_and(|e| {
-                !e.holds_payload
-                    && (span.min(clamp_u32(e.peers.len() as u64)) > e.igyw.window
-                        || (cleanup && !e.igyw.started))
-            });
+            || (trust
+                && self.seen.get(&id).is_some_and(|e| {
+                    !e.holds_payload
+                        && (span.min(clamp_u32(e.peers.len() as u64)) > e.igyw.window
+                            || (cleanup && !e.igyw.started))
+                }));
+        if want && !self.seen.knows(&id) {
+            self.core.note_wanted(now, id);
+        }
         self.core.send(from, Message::IgywReply { id, want });
         // A node that has the message answers for the window it was offered (SPEC 6):
         // nodes past it in the window may still miss it.
         // Only a holder of the payload can serve the WANTs its offers may bring.
         if let Some(e) = self.seen.get_mut(&id).filter(|e| e.holds_payload) {
-            self.core.cover_window(now, id, e, span);
+            if trust {
+                self.core.cover_window(now, id, e, span);
+            }
             // A holder whose own chain never started (it was filled by clean-up) takes over
             // past its window: a chain that stops at this HAVE must not leave the ring beyond.
             if self.core.config.cleanup && !e.igyw.started {
@@ -569,6 +598,11 @@ impl<R: RngCore> Engine<R> {
                     self.core.stats.cleanup_sends += 1;
                     let m = self.core.gossip(id, e, o.span, Route::Cleanup);
                     self.core.send(from, m);
+                } else if o.span > 1 && !self.core.config.trust_window_have {
+                    // A HAVE vouches for its sender only, not for the window behind it: a
+                    // black hole would say it to end the offers to the nodes it starved.
+                    self.core
+                        .cover_range(now, id, e, o.offset + 1, o.span as usize - 1);
                 }
             }
             OfferKind::Chain => {
@@ -580,11 +614,27 @@ impl<R: RngCore> Engine<R> {
                     // jumps past the window just handed over and doubles the next one.
                     let n = e.peers.len();
                     e.igyw.skipped = 0;
+                    e.igyw.haves = 0;
                     e.igyw.offset = o.offset.saturating_add(o.span as usize);
                     e.igyw.span = o.span.saturating_mul(2).min(clamp_u32(n as u64));
                     self.core.offer_chain(now, id, e);
                 } else {
-                    e.igyw.finished = true;
+                    // Not trusted on its own: the rest of the window handed over is offered
+                    // by this node, and the chain goes on past it, up to the HAVE limit.
+                    let mut next = o.offset + 1;
+                    if o.span > 1 && !self.core.config.trust_window_have {
+                        self.core
+                            .cover_range(now, id, e, o.offset + 1, o.span as usize - 1);
+                        next = o.offset + o.span as usize;
+                    }
+                    e.igyw.haves += 1;
+                    if e.igyw.haves >= self.core.config.igyw_have_limit {
+                        e.igyw.finished = true;
+                    } else {
+                        e.igyw.offset = next;
+                        e.igyw.span = 1;
+                        self.core.offer_chain(now, id, e);
+                    }
                 }
             }
         }
@@ -756,7 +806,30 @@ fn clamp_u32(x: u64) -> u32 {
     u32::try_from(x).unwrap_or(u32::MAX)
 }
 
+/// Most ids remembered as asked for; the oldest is forgotten first.
+const WANTED_CAPACITY: usize = 1024;
+
 impl Core {
+    /// Whether this node asked for `id` less than an IGYW timeout ago.
+    fn wanted_lately(&mut self, now: Duration, id: MessageId) -> bool {
+        while let Some(&(until, old)) = self.wanted_order.front() {
+            if until > now && self.wanted_order.len() <= WANTED_CAPACITY {
+                break;
+            }
+            self.wanted_order.pop_front();
+            if self.wanted.get(&old) == Some(&until) {
+                self.wanted.remove(&old);
+            }
+        }
+        self.wanted.contains_key(&id)
+    }
+
+    fn note_wanted(&mut self, now: Duration, id: MessageId) {
+        let until = now.saturating_add(self.config.igyw_timeout);
+        self.wanted.insert(id, until);
+        self.wanted_order.push_back((until, id));
+    }
+
     fn send(&mut self, to: Address, message: Message) {
         match &message {
             Message::Gossip(_) => self.stats.gossip_sent += 1,

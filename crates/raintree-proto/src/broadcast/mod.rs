@@ -19,6 +19,9 @@ use bytes::Bytes;
 pub use config::{Config, ParseEnumError, Redundancy};
 pub use engine::Engine;
 
+/// Signs a broadcast as its originator would; the simulator's hostile nodes use it to forge.
+pub(crate) use auth::sign as sign_for_sim;
+
 use crate::peers::Address;
 use crate::wire::{Message, MessageId, Strategy};
 
@@ -42,6 +45,14 @@ pub enum Output {
         origin_time_us: u64,
         /// Hops from the originator.
         hops: u32,
+    },
+    /// `peer` sent something no correct peer sends; the engine coped (e.g. clamped a range),
+    /// and the driver may score it against the connection (refused input is an `Err` instead).
+    Misbehaved {
+        /// The sender.
+        peer: Address,
+        /// What it did.
+        reason: &'static str,
     },
 }
 

@@ -52,6 +52,8 @@ pub(crate) struct IgywState {
     pub finished: bool,
     /// Unresponsive neighbours skipped in a row.
     pub skipped: u32,
+    /// HAVE answers in a row.
+    pub haves: u32,
     /// The view offset the chain offers to next.
     pub offset: usize,
     /// The window the next chain offer hands over: doubles after every WANT, so a long run of
@@ -67,6 +69,7 @@ impl Default for IgywState {
             started: false,
             finished: false,
             skipped: 0,
+            haves: 0,
             offset: 1,
             span: 1,
             window: 1,

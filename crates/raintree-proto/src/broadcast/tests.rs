@@ -88,6 +88,7 @@ impl Net {
                     self.queue.push_back((i, j, message));
                 }
                 Output::Deliver { .. } => self.delivered[i] += 1,
+                Output::Misbehaved { .. } => {}
             }
         }
     }

@@ -19,10 +19,11 @@
 //! process on a live host, is refused: the sender learns it one link latency later
 //! (`Failure::Refused`, fed to [`Engine::peer_unreachable`]).
 
+mod hostile;
 mod queue;
 mod seed;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +37,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::broadcast::{Config, EngineError, Output, Redundancy, Stats};
 use crate::peers::{Address, PeerList};
 use crate::wire::{Message, MessageId, Strategy};
+pub use hostile::Hostile;
 use queue::{EventKind, Queue};
 use seed::SplitMix64;
 
@@ -83,6 +85,10 @@ pub struct SimConfig {
     /// Every node signs and verifies broadcasts with a real Ed25519 key (slower to set up:
     /// a key per node); off, nothing is signed and `protocol.verify_signatures` is ignored.
     pub signatures: bool,
+    /// Percentage of nodes that are hostile (never the originator nor a dead node).
+    pub hostile_percent: f64,
+    /// What hostile nodes do.
+    pub hostile: Hostile,
 }
 
 /// What a sender sees of a message to a node that is down.
@@ -116,6 +122,8 @@ impl Default for SimConfig {
             churn_period: Duration::from_secs(1),
             interval: Duration::ZERO,
             signatures: false,
+            hostile_percent: 0.0,
+            hostile: Hostile::Blackhole,
         }
     }
 }
@@ -166,6 +174,12 @@ pub struct ReportConfig {
     pub churn_period_ms: f64,
     /// Milliseconds between broadcast starts (0: each after the previous settles).
     pub interval_ms: f64,
+    /// Whether nodes sign and verify broadcasts.
+    pub signatures: bool,
+    /// Hostile nodes in percent.
+    pub hostile_percent: f64,
+    /// What hostile nodes do.
+    pub hostile: Hostile,
 }
 
 /// One broadcast's own figures.
@@ -179,6 +193,8 @@ pub struct BroadcastReport {
     pub stable: usize,
     /// Stable nodes that had it.
     pub stable_covered: usize,
+    /// Honest nodes (neither dead nor hostile) that had it.
+    pub honest_covered: usize,
     /// Payload-bearing messages of this broadcast sent.
     pub sends: u64,
     /// Simulated milliseconds until every stable node had it; null if never.
@@ -194,6 +210,12 @@ pub struct Report {
     pub live: usize,
     /// Live nodes that had the message (originator included), worst broadcast.
     pub covered: usize,
+    /// Nodes neither dead nor hostile (the originator included).
+    pub honest: usize,
+    /// Honest nodes that had the message, worst broadcast.
+    pub honest_covered: usize,
+    /// Deliveries, at honest nodes, of copies forged by hostile nodes.
+    pub forged_deliveries: u64,
     /// Payload-bearing messages sent.
     pub sends: u64,
     /// ACKs sent.
@@ -300,6 +322,7 @@ fn validate(cfg: &SimConfig) -> Result<(), SimError> {
         ("dead percent", cfg.dead_percent),
         ("churn percent", cfg.churn_percent),
         ("partial view percent", cfg.partial_view_percent),
+        ("hostile percent", cfg.hostile_percent),
     ] {
         if !(0.0..=100.0).contains(&value) {
             return Err(SimError::BadPercent { name, value });
@@ -371,6 +394,14 @@ struct Sim<'a> {
     by_id: HashMap<MessageId, usize>,
     /// Engine counters of nodes whose engine was dropped by a crash.
     crashed_stats: Stats,
+    hostile: Vec<bool>,
+    /// Ids of copies forged by hostile nodes.
+    forged: HashSet<MessageId>,
+    forged_deliveries: u64,
+    /// Gossip a hostile node's engine produced but the node did not send.
+    withheld: u64,
+    /// Gossip hostile nodes made up and sent.
+    injected: u64,
 }
 
 impl<'a> Sim<'a> {
@@ -404,6 +435,17 @@ impl<'a> Sim<'a> {
         for &i in picked.iter() {
             dead[i] = true;
         }
+        let mut hostile = vec![false; n];
+        let hostile_count = ((n as f64) * cfg.hostile_percent / 100.0).round() as usize;
+        let mut candidates: Vec<usize> = (0..n)
+            .filter(|&i| i != cfg.originator && !dead[i])
+            .collect();
+        let mut hostile_rng = ChaCha8Rng::seed_from_u64(sub_seed(cfg.seed, 4));
+        let k = hostile_count.min(candidates.len());
+        let (picked, _) = candidates.partial_shuffle(&mut hostile_rng, k);
+        for &i in picked.iter() {
+            hostile[i] = true;
+        }
         Sim {
             cfg,
             config: Arc::new(protocol),
@@ -427,6 +469,11 @@ impl<'a> Sim<'a> {
             tracked: Vec::new(),
             by_id: HashMap::new(),
             crashed_stats: Stats::default(),
+            hostile,
+            forged: HashSet::new(),
+            forged_deliveries: 0,
+            withheld: 0,
+            injected: 0,
         }
     }
 
@@ -644,13 +691,29 @@ impl<'a> Sim<'a> {
     fn drain(&mut self, i: usize, engine: &mut Engine) {
         while let Some(out) = engine.poll_output() {
             match out {
+                Output::Send { to, message } if self.hostile[i] => {
+                    let n = self.cfg.nodes;
+                    let d = self.list.position(&to).map_or(0, |j| (j + n - i) % n);
+                    let gossip = matches!(message, Message::Gossip(_));
+                    match hostile::rewrite(self.cfg.hostile, message, d, n) {
+                        Some(m) => self.send(i, to, m),
+                        None => self.withheld += u64::from(gossip),
+                    }
+                }
                 Output::Send { to, message } => self.send(i, to, message),
+                Output::Misbehaved { .. } => {}
                 Output::Deliver { id, hops, .. } => {
                     self.deliveries += 1;
                     self.max_hops = self.max_hops.max(hops);
+                    if self.forged.contains(&id) && !self.hostile[i] {
+                        self.forged_deliveries += 1;
+                    }
                     if let Some(&b) = self.by_id.get(&id) {
                         let t = &mut self.tracked[b];
                         t.had_at[i] = t.had_at[i].min(self.now);
+                        if self.hostile[i] {
+                            self.inject(i, id);
+                        }
                     }
                 }
             }
@@ -661,6 +724,64 @@ impl<'a> Sim<'a> {
                 self.timer_at[i] = t;
                 self.queue.push(t, EventKind::Timer { node: i as u32 });
             }
+        }
+    }
+
+    /// Made-up copies counted in `sends` (payload-bearing gossip; flood directs are not).
+    fn injected_gossip(&self) -> u64 {
+        if self.cfg.hostile == Hostile::Forge {
+            self.injected
+        } else {
+            0
+        }
+    }
+
+    /// A forging or flooding node `i` that just got broadcast `id` sends its own copies.
+    fn inject(&mut self, i: usize, id: MessageId) {
+        let forge = match self.cfg.hostile {
+            Hostile::Forge => true,
+            Hostile::Flood => false,
+            _ => return,
+        };
+        let n = self.cfg.nodes;
+        let me = self.list.as_slice()[i];
+        for _ in 0..hostile::INJECTIONS {
+            let j = self.rng.gen_range(0..n);
+            if j == i {
+                continue;
+            }
+            let id = MessageId {
+                origin: if forge { id.origin } else { me },
+                nonce: self.rng.gen(),
+            };
+            let payload = Bytes::from_static(b"not from the origin");
+            let origin_time_us = self.now / 1000;
+            let strategy = self.config.strategy;
+            // Signed with the hostile node's own key: valid for its own (flood) ids, a
+            // forgery in another's name.
+            let signature = self.keys.as_ref().map(|k| {
+                let hash = crate::wire::payload_hash(&payload);
+                crate::broadcast::sign_for_sim(&k[i], &id, origin_time_us, strategy, &hash)
+            });
+            self.injected += 1;
+            let to = self.list.as_slice()[j];
+            if !forge {
+                // Fresh ids of its own, each delivered wherever it lands and never forwarded.
+                self.send(i, to, Message::Direct { id, payload });
+                continue;
+            }
+            self.forged.insert(id);
+            let g = crate::wire::Gossip {
+                id,
+                level_or_range: u32::from(strategy == Strategy::Exact),
+                strategy,
+                route: crate::wire::Route::Tree,
+                origin_time_us,
+                hops: 1,
+                payload,
+                signature,
+            };
+            self.send(i, to, Message::Gossip(g));
         }
     }
 
@@ -723,6 +844,9 @@ impl<'a> Sim<'a> {
         });
         BroadcastReport {
             covered: (0..n).filter(|&i| had(i)).count(),
+            honest_covered: (0..n)
+                .filter(|&i| had(i) && !self.hostile[i] && !self.dead[i])
+                .count(),
             live: t.live,
             stable: stable.len(),
             stable_covered,
@@ -754,11 +878,22 @@ impl<'a> Sim<'a> {
             .iter()
             .try_fold(0.0f64, |w, r| r.time_to_full_ms.map(|t| w.max(t)));
         let live = (0..c.nodes).filter(|&i| !self.dead[i]).count();
+        let honest = (0..c.nodes)
+            .filter(|&i| !self.dead[i] && !self.hostile[i])
+            .count();
+        let honest_covered = per_broadcast
+            .iter()
+            .map(|r| r.honest_covered)
+            .min()
+            .unwrap_or(0);
         Report {
             nodes: c.nodes,
             live,
             covered,
-            sends: s.gossip_sent,
+            honest,
+            honest_covered,
+            forged_deliveries: self.forged_deliveries,
+            sends: s.gossip_sent - self.withheld + self.injected_gossip(),
             acks: s.acks_sent,
             resends: s.resends,
             igyw: s.igyw_sent,
@@ -790,6 +925,9 @@ impl<'a> Sim<'a> {
                 churn_percent: c.churn_percent,
                 churn_period_ms: c.churn_period.as_secs_f64() * 1e3,
                 interval_ms: c.interval.as_secs_f64() * 1e3,
+                signatures: c.signatures,
+                hostile_percent: c.hostile_percent,
+                hostile: c.hostile,
             },
             unreachable: s.unreachable,
             skips: s.skips,

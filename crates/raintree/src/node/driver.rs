@@ -133,6 +133,10 @@ impl Driver {
         while let Some(out) = self.engine.poll_output() {
             match out {
                 Output::Send { to, message } => self.transport.write(to, message),
+                // Counted in the engine's stats; scoring the connection is the transport's.
+                Output::Misbehaved { peer, reason } => {
+                    tracing::debug!(%peer, reason, "peer misbehaved");
+                }
                 Output::Deliver {
                     id,
                     payload,
