@@ -52,7 +52,8 @@ pub const MAX_IN_FLIGHT: usize = 4096;
 
 /// Builds one engine; the single place that knows the constructor's signature.
 pub fn new_engine(config: &Config, me: Address, peers: Arc<PeerList>, seed: u64) -> Engine {
-    Engine::new(config.clone(), me, peers, seed).expect("me is in the peer list")
+    let rng = rand::SeedableRng::seed_from_u64(seed);
+    Engine::new(config.clone(), me, peers, rng).expect("me is in the peer list")
 }
 
 /// The network-wide settings at the start of an input.
@@ -144,6 +145,9 @@ impl Header {
             seen_capacity: usize::from(self.capacity % 33),
             seen_ttl: Duration::from_millis(1 + u64::from(self.ttl_ms)),
             max_payload: usize::from(self.max_payload),
+            // Injected gossip is unsigned so that it reaches every state; forgeries have their
+            // own unit tests in raintree-proto.
+            verify_signatures: false,
             ..Config::default()
         }
     }
@@ -446,6 +450,13 @@ impl Net {
                 assert_eq!((l, max), (len, self.cfg.max_payload));
                 assert!(len > max);
             }
+            // Every id within its age limit is remembered, so a full seen-set refuses new ones.
+            Err(EngineError::SeenSetFull) => {
+                assert_eq!(
+                    self.nodes[i].engine.seen_len(),
+                    self.cfg.seen_capacity.max(1)
+                );
+            }
             Err(e) => panic!("broadcast failed: {e}"),
         }
         self.after(i, None);
@@ -527,6 +538,7 @@ impl Net {
                     hops,
                 } => delivered.push((id, payload, origin_time_us, hops)),
                 Output::Send { to, message } => self.sent(i, to, message),
+                Output::Misbehaved { .. } => {}
             }
         }
         match expect {

@@ -142,6 +142,23 @@ def vectors_frames(v):
     eq(v, "frame-goodbye", rt.frame(g))
 
 
+def vectors_broadcast(v):
+    ini = rt.Identity(v["initiator-identity-secret"])
+    mid = rt.MessageId(ini.address, 0x0102030405060708)
+    t, payload = 1700000000000000, b"hello raintree"
+    eq(v, "broadcast-signature-prefix", rt.BROADCAST_PREFIX)
+    eq(v, "gossip-payload-sha256", hashlib.sha256(payload).digest())
+    eq(v, "gossip-signed-bytes", rt.broadcast_signed_bytes(mid, t, rt.STRATEGY_EXACT, payload))
+    sig = ini.sign_broadcast(mid, t, rt.STRATEGY_EXACT, payload)
+    eq(v, "gossip-signature", sig)
+    env = rt.enc_gossip(mid, 3, rt.STRATEGY_EXACT, rt.ROUTE_TREE, t, 1, payload, ini.public, sig)
+    eq(v, "envelope-gossip", env)
+    kind, d = rt.decode_envelope(env)
+    ensure(kind == "gossip" and rt.verify_broadcast(d), "envelope-gossip does not verify")
+    d["payload"] = b"other bytes"
+    ensure(not rt.verify_broadcast(d), "a changed payload still verifies")
+
+
 # ---------------------------------------------------------------------------------- the node
 
 class Node:
@@ -275,10 +292,17 @@ def live_unaligned(conn):
 def live_gossip(conn, me):
     mid = rt.MessageId(me.address, int.from_bytes(os.urandom(8), "little") or 1)
     payload = b"interop gossip " + os.urandom(8).hex().encode()
+    t = int(time.time() * 1e6)
+    sig = me.sign_broadcast(mid, t, rt.STRATEGY_EXACT, payload)
+    # First a forgery (the signature over other bytes, WIRE 6.1): the node must neither ACK
+    # nor deliver it. Frames are handled in order, so the first ACK must be the real copy's.
+    forged = rt.MessageId(me.address, mid.nonce ^ 1)
+    conn.send_envelope(rt.enc_gossip(forged, 1, rt.STRATEGY_EXACT, rt.ROUTE_TREE, t, 1,
+                                     payload, me.public, sig))
     # A tree send (route TREE, exact strategy) owning a range of 1: the receiver delivers and
     # has nothing to forward; hops = 1 as an originator's own send (raintree.proto).
     conn.send_envelope(rt.enc_gossip(mid, 1, rt.STRATEGY_EXACT, rt.ROUTE_TREE,
-                                     int(time.time() * 1e6), 1, payload))
+                                     t, 1, payload, me.public, sig))
     d = conn.recv_kind("ack", 10, skip=("igyw", "igyw_reply"))
     ensure(d["id"] == mid, f"ack for {d['id']}, expected {mid}")
     ensure(d["level_or_range"] == 1, f"ack level_or_range {d['level_or_range']} != 1")
@@ -340,6 +364,7 @@ def main():
     check("vectors: identity signature and payload (7.2)", vectors_signature, v)
     check("vectors: complete handshake (7.3)", vectors_handshake, v)
     check("vectors: envelopes, frames, transport message 1 (7.4)", vectors_frames, v)
+    check("vectors: signed broadcast (7.5)", vectors_broadcast, v)
 
     with tempfile.TemporaryDirectory(prefix="raintree-interop-") as tmp:
         node = Node(os.path.abspath(args.binary), tmp)
@@ -355,7 +380,8 @@ def main():
                   live_request, conn, 8, os.urandom(200 * 1024))
             check("live: frames batched and split across transport messages",
                   live_unaligned, conn)
-            mid, payload = check("live: Gossip (tree, exact, range 1) acked", live_gossip, conn, me)
+            mid, payload = check("live: forged Gossip refused, signed Gossip (tree, exact, "
+                                 "range 1) acked", live_gossip, conn, me)
             check("live: node lists the gossip in GET /deliveries",
                   live_deliveries, node, mid, payload)
             check("live: Goodbye answered with Goodbye and close", live_goodbye, conn)

@@ -22,6 +22,8 @@ from noise.connection import Keypair, NoiseConnection
 
 PROTOCOL_NAME = b"Noise_XX_25519_ChaChaPoly_BLAKE2s"
 SIGNATURE_PREFIX = b"raintree-noise-static-key:"
+# WIRE 6.1: the prefix of the bytes an originator signs for each broadcast.
+BROADCAST_PREFIX = b"raintree-broadcast-v1:"
 MAX_PLAINTEXT = 65535 - 16  # WIRE.md 4: a plaintext holds at most 65,519 bytes
 DEFAULT_MAX_PAYLOAD = 4 * 1024 * 1024
 
@@ -60,6 +62,30 @@ class Identity:
 
     def handshake_payload(self, static_public: bytes) -> bytes:
         return encode_handshake_payload(self.public, self.sign_static(static_public))
+
+    def sign_broadcast(self, mid: "MessageId", origin_time_us: int, strategy: int,
+                       payload: bytes) -> bytes:
+        return self.key.sign(broadcast_signed_bytes(mid, origin_time_us, strategy, payload))
+
+
+def broadcast_signed_bytes(mid: "MessageId", origin_time_us: int, strategy: int,
+                           payload: bytes) -> bytes:
+    """WIRE 6.1: prefix, origin, nonce and time (u64 big-endian), strategy byte, SHA-256."""
+    return (BROADCAST_PREFIX + mid.origin + struct.pack(">QQB", mid.nonce, origin_time_us, strategy)
+            + hashlib.sha256(payload).digest())
+
+
+def verify_broadcast(d: dict) -> bool:
+    """WIRE 6.1 receiver checks of a decoded gossip (strict verification by the library)."""
+    key, sig = d.get("origin_key", b""), d.get("signature", b"")
+    if len(key) != 32 or len(sig) != 64 or address_of(key) != d["id"].origin:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(key).verify(
+            sig, broadcast_signed_bytes(d["id"], d["origin_time_us"], d["strategy"], d["payload"]))
+        return True
+    except InvalidSignature:
+        return False
 
 
 # ------------------------------------------------------------------------ protobuf (hand-coded)
@@ -171,10 +197,12 @@ def envelope(kind: str, body: bytes) -> bytes:
 
 
 def enc_gossip(mid: MessageId, level_or_range: int, strategy: int, route: int,
-               origin_time_us: int, hops: int, payload: bytes) -> bytes:
+               origin_time_us: int, hops: int, payload: bytes, origin_key: bytes = b"",
+               signature: bytes = b"") -> bytes:
     return envelope("gossip", f_bytes(1, mid.encode(), True) + f_varint(2, level_or_range)
                     + f_varint(3, strategy) + f_varint(4, route) + f_varint(5, origin_time_us)
-                    + f_varint(6, hops) + f_bytes(7, payload))
+                    + f_varint(6, hops) + f_bytes(7, payload) + f_bytes(8, origin_key)
+                    + f_bytes(9, signature))
 
 
 def enc_ack(mid: MessageId, level_or_range: int) -> bytes:
@@ -215,9 +243,12 @@ def decode_envelope(buf: bytes) -> tuple[str, dict]:
         d["id"] = MessageId.decode(f[1])
     if kind == "gossip":
         d.update(level_or_range=f.get(2, 0), strategy=f.get(3, 0), route=f.get(4, 0),
-                 origin_time_us=f.get(5, 0), hops=f.get(6, 0), payload=f.get(7, b""))
+                 origin_time_us=f.get(5, 0), hops=f.get(6, 0), payload=f.get(7, b""),
+                 origin_key=f.get(8, b""), signature=f.get(9, b""))
         if d["strategy"] not in (0, 1) or d["route"] not in range(5):
             raise WireError("enum value out of range")
+        if (len(d["origin_key"]), len(d["signature"])) not in ((0, 0), (32, 64)):
+            raise WireError("origin_key / signature not 32 / 64 bytes")
     elif kind == "ack":
         d["level_or_range"] = f.get(2, 0)
     elif kind == "igyw_reply":

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use raintree_proto::broadcast::{Config, Redundancy};
-use raintree_proto::sim::{self, Failure, Report, SimConfig};
+use raintree_proto::sim::{self, Failure, Hostile, Report, SimConfig};
 use raintree_proto::wire::Strategy;
 
 /// A switch written `on` or `off`.
@@ -95,6 +95,9 @@ pub struct Args {
     /// Unresponsive neighbours an IGYW chain skips before it stops.
     #[arg(long, default_value_t = 8)]
     pub igyw_skip_limit: u32,
+    /// HAVE answers in a row an IGYW chain passes before it stops (1: stop at the first).
+    #[arg(long, default_value_t = Config::default().igyw_have_limit)]
+    pub igyw_have_limit: u32,
     /// Payload size in bytes.
     #[arg(long, default_value_t = 32)]
     pub payload_size: usize,
@@ -111,6 +114,17 @@ pub struct Args {
     /// Milliseconds between broadcast starts; 0 starts each after the previous one settles.
     #[arg(long, default_value_t = 0.0)]
     pub interval_ms: f64,
+    /// Every node signs and verifies broadcasts with a real Ed25519 key (as a node always
+    /// does); off by default, so very large runs stay fast.
+    #[arg(long)]
+    pub signatures: bool,
+    /// Percentage of hostile nodes (never the originator nor a dead node).
+    #[arg(long, default_value_t = 0.0)]
+    pub hostile_percent: f64,
+    /// What hostile nodes do: blackhole (ACK, forward nothing, answer HAVE), forge (copies
+    /// in the originator's name), inflate (largest accepted ranges), flood (fresh ids).
+    #[arg(long, default_value = "blackhole")]
+    pub hostile: Hostile,
 }
 
 /// `--failure`: what a sender sees of a message to a down node.
@@ -143,6 +157,7 @@ impl Args {
                 cleanup: self.cleanup.on(),
                 igyw_timeout: millis("igyw-timeout-ms", self.igyw_timeout_ms)?,
                 igyw_skip_limit: self.igyw_skip_limit,
+                igyw_have_limit: self.igyw_have_limit,
                 cleanup_delay: millis("cleanup-delay-ms", self.cleanup_delay_ms)?,
                 max_payload: self.payload_size.max(Config::default().max_payload),
                 forward_duplicates: self.forward_duplicates,
@@ -165,6 +180,9 @@ impl Args {
             churn_percent: self.churn_percent,
             churn_period: millis("churn-period-ms", self.churn_period_ms)?,
             interval: millis("interval-ms", self.interval_ms)?,
+            signatures: self.signatures,
+            hostile_percent: self.hostile_percent,
+            hostile: self.hostile,
         })
     }
 }
@@ -236,6 +254,17 @@ fn print_text(r: &Report) {
         "unreachable signals {}  skips {}  probes {}  re-splits {}",
         r.unreachable, r.skips, r.probes, r.resplits
     );
+    if c.hostile_percent > 0.0 {
+        println!(
+            "hostile {}% {}: honest covered {} of {} ({:.2}%), forged deliveries {}",
+            c.hostile_percent,
+            c.hostile,
+            r.honest_covered,
+            r.honest,
+            percent(r.honest_covered, r.honest),
+            r.forged_deliveries
+        );
+    }
     match r.time_to_full_ms {
         Some(t) => println!("time to full coverage {t:.1} ms (simulated)"),
         None => println!("time to full coverage: never"),

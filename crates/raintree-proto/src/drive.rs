@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use rand::RngCore;
 
 use crate::broadcast::{Engine, EngineError, Output};
 use crate::peers::{Address, PeerList};
@@ -18,6 +19,8 @@ pub trait Sink {
     fn send(&mut self, to: Address, message: Message);
     /// The engine hands a payload to the application (once per id).
     fn deliver(&mut self, id: MessageId, payload: Bytes, origin_time_us: u64, hops: u32);
+    /// `peer` sent something no correct peer sends (already counted in the engine's stats).
+    fn misbehaved(&mut self, _peer: Address, _reason: &'static str) {}
 }
 
 /// Something that happened to the engine's node.
@@ -56,7 +59,12 @@ pub struct Step {
 
 /// Feeds `input` to `engine` at `now`: due timers first, then the input, then every output to
 /// `sink`.
-pub fn step(engine: &mut Engine, now: Duration, input: Input, sink: &mut impl Sink) -> Step {
+pub fn step<R: RngCore>(
+    engine: &mut Engine<R>,
+    now: Duration,
+    input: Input,
+    sink: &mut impl Sink,
+) -> Step {
     let result = apply(engine, now, input);
     drain(engine, sink);
     Step {
@@ -67,8 +75,8 @@ pub fn step(engine: &mut Engine, now: Duration, input: Input, sink: &mut impl Si
 
 /// The first half of [`step`]: due timers, then the input, leaving the outputs queued in the
 /// engine for [`drain`] (a caller may publish the step's counters before its outputs leave).
-pub fn apply(
-    engine: &mut Engine,
+pub fn apply<R: RngCore>(
+    engine: &mut Engine<R>,
     now: Duration,
     input: Input,
 ) -> Result<Option<MessageId>, EngineError> {
@@ -89,7 +97,7 @@ pub fn apply(
 }
 
 /// Fires the engine's timers if one is due at `now`; true if it did.
-pub fn fire_due(engine: &mut Engine, now: Duration) -> bool {
+pub fn fire_due<R: RngCore>(engine: &mut Engine<R>, now: Duration) -> bool {
     let due = engine.poll_timeout().is_some_and(|t| t <= now);
     if due {
         engine.handle_timeout(now);
@@ -98,7 +106,7 @@ pub fn fire_due(engine: &mut Engine, now: Duration) -> bool {
 }
 
 /// Hands every pending output to `sink`.
-pub fn drain(engine: &mut Engine, sink: &mut impl Sink) {
+pub fn drain<R: RngCore>(engine: &mut Engine<R>, sink: &mut impl Sink) {
     while let Some(out) = engine.poll_output() {
         match out {
             Output::Send { to, message } => sink.send(to, message),
@@ -108,6 +116,7 @@ pub fn drain(engine: &mut Engine, sink: &mut impl Sink) {
                 origin_time_us,
                 hops,
             } => sink.deliver(id, payload, origin_time_us, hops),
+            Output::Misbehaved { peer, reason } => sink.misbehaved(peer, reason),
         }
     }
 }
@@ -140,6 +149,7 @@ mod tests {
             ack_timeout: Duration::from_millis(100),
             min_ack_timeout: Duration::from_millis(100),
             max_ack_timeout: Duration::from_millis(100),
+            verify_signatures: false,
             ..Config::default()
         };
         let engines = (0..n)
@@ -148,7 +158,7 @@ mod tests {
                     config.clone(),
                     list.get(i as usize).unwrap(),
                     list.clone(),
-                    1,
+                    rand::SeedableRng::seed_from_u64(1),
                 )
                 .unwrap()
             })

@@ -54,6 +54,45 @@ pub fn exact_delegations(r: u64) -> impl Iterator<Item = (u64, u64)> {
         .filter(move |&(_, len)| r > 1 && len > 0)
 }
 
+/// The largest range a correct sender at offset `s` of the originator's view can give the node
+/// at offset `x` of that view, in a network of `n` (exact strategy, same peer list).
+///
+/// Walks the partition tree from the originator down to `x`. A sender that delegated a part
+/// containing `x` (an ancestor of `x`) may hand `x` at most the rest of that part: exactly
+/// `x`'s own range for its parent, more for a higher ancestor re-splitting a failed part.
+/// Anyone else can only be re-delegating inside a failed part, all of which lies within the
+/// originator's own delegation that contains `x`. `x = 0` (the originator) gets `n`.
+pub fn exact_range_bound(n: u64, x: u64, s: u64) -> u64 {
+    if x == 0 || x >= n {
+        return n;
+    }
+    let (mut owner, mut r) = (0u64, n);
+    let mut top_end = None;
+    'walk: loop {
+        let mut rr = r;
+        while rr > 1 {
+            for (off, len) in exact_delegations(rr) {
+                let (start, end) = (owner + off, owner + off + len);
+                if (start..end).contains(&x) {
+                    let top = *top_end.get_or_insert(end);
+                    if owner == s {
+                        return end - x;
+                    }
+                    if start == x {
+                        return top - x;
+                    }
+                    owner = start;
+                    r = len;
+                    continue 'walk;
+                }
+            }
+            rr = exact_parts(rr)[0];
+        }
+        // Unreachable for 0 < x < n: every such offset heads some delegated part.
+        return n - x;
+    }
+}
+
 /// One row of a node's sending plan (what `raintree targets` prints).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct PlanRow {
@@ -100,6 +139,45 @@ pub fn originator_plan(strategy: Strategy, n: u64) -> Vec<PlanRow> {
 mod tests {
     use super::*;
     use proptest::prelude::{any, prop_assert, prop_assert_eq, proptest};
+
+    /// Every node's parent and range in the failure-free exact tree from offset 0.
+    fn exact_tree(n: u64) -> Vec<(u64, u64)> {
+        fn assign(owner: u64, r: u64, out: &mut Vec<(u64, u64)>) {
+            let mut rr = r;
+            while rr > 1 {
+                for (off, len) in exact_delegations(rr) {
+                    out[(owner + off) as usize] = (owner, len);
+                    assign(owner + off, len, out);
+                }
+                rr = exact_parts(rr)[0];
+            }
+        }
+        let mut out = vec![(0, n); n as usize];
+        assign(0, n, &mut out);
+        out
+    }
+
+    #[test]
+    fn range_bound_is_exact_for_the_parent_and_looser_only_for_ancestors() {
+        for n in 1..=200u64 {
+            let tree = exact_tree(n);
+            for x in 1..n {
+                let (parent, range) = tree[x as usize];
+                assert_eq!(exact_range_bound(n, x, parent), range, "n={n} x={x}");
+                // Ancestors above the parent may re-delegate more, never past the originator's
+                // view; no sender gets a bound below the range of the part x heads.
+                let mut a = parent;
+                while a != 0 {
+                    a = tree[a as usize].0;
+                    let b = exact_range_bound(n, x, a);
+                    assert!(b >= range && b <= n - x, "n={n} x={x} ancestor {a}: {b}");
+                }
+                for s in 0..n {
+                    assert!(exact_range_bound(n, x, s) <= n - x);
+                }
+            }
+        }
+    }
 
     /// `floor(n * 2^k / 3^k)` on little-endian base-2^32 limbs: an independent big-number check.
     fn big_range(n: u64, k: u32) -> u64 {

@@ -2,8 +2,11 @@
 //!
 //! Decoding never panics: every field is checked and every failure is a [`WireError`].
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 use prost::Message as _;
+use sha2::{Digest, Sha256};
 
 use crate::pb;
 use crate::peers::{Address, ADDRESS_LEN};
@@ -69,6 +72,54 @@ pub struct Gossip {
     pub hops: u32,
     /// The application payload, shared, never copied per peer.
     pub payload: Bytes,
+    /// The originator's key and signature; `None` only in unsigned networks (simulator).
+    pub signature: Option<Arc<OriginSignature>>,
+}
+
+/// Domain separation prefix of the bytes an originator signs (docs/WIRE.md §6.1).
+pub const SIGNATURE_DOMAIN: &[u8; 22] = b"raintree-broadcast-v1:";
+
+/// Length of the bytes an originator signs: prefix, origin, nonce, time, strategy, hash.
+pub const SIGNED_LEN: usize = SIGNATURE_DOMAIN.len() + ADDRESS_LEN + 8 + 8 + 1 + 32;
+
+/// What proves a broadcast's origin: the originator's public key and its signature.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct OriginSignature {
+    /// The originator's Ed25519 public key; its address is `Gossip.id.origin`.
+    pub public_key: [u8; 32],
+    /// Ed25519 over [`signed_bytes`].
+    pub signature: [u8; 64],
+}
+
+/// SHA-256 of a payload: what the signature covers instead of the payload itself.
+pub fn payload_hash(payload: &[u8]) -> [u8; 32] {
+    Sha256::digest(payload).into()
+}
+
+/// The exact bytes an originator signs (docs/WIRE.md §6.1). Level, range, route and hops
+/// travel outside them, so forwarders can set them.
+pub fn signed_bytes(
+    id: &MessageId,
+    origin_time_us: u64,
+    strategy: Strategy,
+    payload_hash: &[u8; 32],
+) -> [u8; SIGNED_LEN] {
+    let mut b = [0u8; SIGNED_LEN];
+    let mut at = 0;
+    let mut put = |x: &[u8]| {
+        b[at..at + x.len()].copy_from_slice(x);
+        at += x.len();
+    };
+    put(SIGNATURE_DOMAIN);
+    put(&id.origin.0);
+    put(&id.nonce.to_be_bytes());
+    put(&origin_time_us.to_be_bytes());
+    put(&[match strategy {
+        Strategy::Reference => 0,
+        Strategy::Exact => 1,
+    }]);
+    put(payload_hash);
+    b
 }
 
 /// Every message a raintree connection carries.
@@ -159,6 +210,30 @@ pub enum WireError {
     /// A goodbye reason longer than [`MAX_REASON_LEN`].
     #[error("goodbye reason of {0} bytes is too long")]
     ReasonTooLong(usize),
+    /// `origin_key` / `signature` not 32 / 64 bytes (or both empty).
+    #[error("origin key of {key} bytes and signature of {sig} bytes (want 32 and 64, or none)")]
+    BadSignatureFields {
+        /// Length of `origin_key`.
+        key: usize,
+        /// Length of `signature`.
+        sig: usize,
+    },
+}
+
+fn signature_from_pb(key: &[u8], sig: &[u8]) -> Result<Option<Arc<OriginSignature>>, WireError> {
+    if key.is_empty() && sig.is_empty() {
+        return Ok(None);
+    }
+    match (<[u8; 32]>::try_from(key), <[u8; 64]>::try_from(sig)) {
+        (Ok(public_key), Ok(signature)) => Ok(Some(Arc::new(OriginSignature {
+            public_key,
+            signature,
+        }))),
+        _ => Err(WireError::BadSignatureFields {
+            key: key.len(),
+            sig: sig.len(),
+        }),
+    }
 }
 
 impl Message {
@@ -248,6 +323,16 @@ impl From<&Message> for pb::Envelope {
                 origin_time_us: g.origin_time_us,
                 hops: g.hops,
                 payload: g.payload.clone(),
+                origin_key: g
+                    .signature
+                    .as_ref()
+                    .map(|s| Bytes::copy_from_slice(&s.public_key))
+                    .unwrap_or_default(),
+                signature: g
+                    .signature
+                    .as_ref()
+                    .map(|s| Bytes::copy_from_slice(&s.signature))
+                    .unwrap_or_default(),
             }),
             Message::Ack { id, level_or_range } => Body::Ack(pb::Ack {
                 id: id_to_pb(id),
@@ -315,6 +400,7 @@ impl TryFrom<pb::Envelope> for Message {
                 },
                 origin_time_us: g.origin_time_us,
                 hops: g.hops,
+                signature: signature_from_pb(&g.origin_key, &g.signature)?,
                 payload: g.payload,
             }),
             Body::Ack(a) => Message::Ack {
@@ -393,6 +479,10 @@ mod tests {
                 origin_time_us: 1_700_000_000_000_000,
                 hops: 2,
                 payload: Bytes::from_static(b"block"),
+                signature: Some(Arc::new(OriginSignature {
+                    public_key: [7; 32],
+                    signature: [9; 64],
+                })),
             }),
             Message::Ack {
                 id: id(),
@@ -461,6 +551,19 @@ mod tests {
             decode(Bytes::from_static(&[0xff, 0xff]), 10),
             Err(WireError::Protobuf(_))
         ));
+        // A gossip whose key is 31 bytes: undecodable, not a forgery to verify.
+        let short_key = pb::Envelope {
+            body: Some(pb::envelope::Body::Gossip(pb::Gossip {
+                id: id_to_pb(&id()),
+                origin_key: Bytes::from(vec![1u8; 31]),
+                signature: Bytes::from(vec![2u8; 64]),
+                ..Default::default()
+            })),
+        };
+        assert_eq!(
+            decode(short_key.encode_to_vec().into(), 10),
+            Err(WireError::BadSignatureFields { key: 31, sig: 64 })
+        );
     }
 
     /// One `Message` per oneof case; the exhaustive match fails to compile if the schema gains

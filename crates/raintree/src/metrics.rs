@@ -11,7 +11,7 @@ type CounterRow = (&'static str, &'static str, fn(&Stats) -> u64);
 
 /// Every engine counter exported: its metric name, help text, and where its value sits in
 /// [`Stats`]. The one list of them here, so registering and syncing can never disagree.
-const COUNTERS: [CounterRow; 18] = [
+const COUNTERS: [CounterRow; 20] = [
     ("broadcasts", "Broadcasts originated by this node", |s| {
         s.broadcasts
     }),
@@ -85,6 +85,16 @@ const COUNTERS: [CounterRow; 18] = [
         "resplits",
         "Failed parts of the exact tree re-split among their remaining nodes",
         |s| s.resplits,
+    ),
+    (
+        "forged_messages",
+        "Copies dropped as forged (bad origin signature, substituted payload, spoofed direct)",
+        |s| s.forged,
+    ),
+    (
+        "impossible_ranges",
+        "Tree copies refused: a level or range no correct sender could send",
+        |s| s.impossible,
     ),
 ];
 

@@ -145,6 +145,37 @@ fn compute() -> BTreeMap<&'static str, String> {
     put("frame-direct", &frame);
     put("transport-message-1", &t1);
     put("envelope-goodbye", &wire::encode(&goodbye));
+    let gossip_id = MessageId {
+        origin: i.identity.address(),
+        nonce: 0x0102_0304_0506_0708,
+    };
+    let gossip_payload = b"hello raintree";
+    let hash = wire::payload_hash(gossip_payload);
+    let signed = wire::signed_bytes(
+        &gossip_id,
+        1_700_000_000_000_000,
+        wire::Strategy::Exact,
+        &hash,
+    );
+    let gossip_sig = i.identity.sign(&signed);
+    let gossip = Message::Gossip(wire::Gossip {
+        id: gossip_id,
+        level_or_range: 3,
+        strategy: wire::Strategy::Exact,
+        route: wire::Route::Tree,
+        origin_time_us: 1_700_000_000_000_000,
+        hops: 1,
+        payload: Bytes::from_static(gossip_payload),
+        signature: Some(std::sync::Arc::new(wire::OriginSignature {
+            public_key: i.identity.public_key(),
+            signature: gossip_sig,
+        })),
+    });
+    put("broadcast-signature-prefix", wire::SIGNATURE_DOMAIN);
+    put("gossip-payload-sha256", &hash);
+    put("gossip-signed-bytes", &signed);
+    put("gossip-signature", &gossip_sig);
+    put("envelope-gossip", &wire::encode(&gossip));
     put("frame-goodbye", &encode_frame(&goodbye));
     v
 }

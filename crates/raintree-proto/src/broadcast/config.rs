@@ -125,6 +125,13 @@ pub struct Config {
     pub igyw_timeout: Duration,
     /// How many unresponsive neighbours an IGYW chain skips before it stops.
     pub igyw_skip_limit: u32,
+    /// How many HAVE answers in a row an IGYW chain passes before it stops. A HAVE is a claim
+    /// nobody checks: a black hole (ACKs, forwards nothing, answers HAVE) must not end the
+    /// chain just before the nodes it starved (docs/HOSTILE.md). 1 stops at the first HAVE.
+    pub igyw_have_limit: u32,
+    /// Whether a HAVE from the first node of a clean-up window part vouches for the whole part
+    /// (cheaper; off by default, as a black hole's HAVE would starve the part).
+    pub trust_window_have: bool,
     /// Delay between finishing tree duty and the first IGYW offer.
     pub cleanup_delay: Duration,
     /// Most message ids remembered for dedup.
@@ -135,6 +142,9 @@ pub struct Config {
     pub max_payload: usize,
     /// Forward every received tree copy, as the Go reference did (for conformance tests).
     pub forward_duplicates: bool,
+    /// Verify every broadcast's origin signature before accepting it (SPEC 7). A node always
+    /// does; only the simulator and unit tests may turn it off for speed.
+    pub verify_signatures: bool,
 }
 
 impl Default for Config {
@@ -150,11 +160,14 @@ impl Default for Config {
             cleanup: false,
             igyw_timeout: Duration::from_millis(500),
             igyw_skip_limit: 8,
+            igyw_have_limit: 4,
+            trust_window_have: false,
             cleanup_delay: Duration::from_millis(1000),
             seen_capacity: 65_536,
             seen_ttl: Duration::from_secs(120),
             max_payload: DEFAULT_MAX_PAYLOAD,
             forward_duplicates: false,
+            verify_signatures: true,
         }
     }
 }

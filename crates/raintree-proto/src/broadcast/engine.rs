@@ -1,18 +1,21 @@
 //! The broadcast engine: one node's protocol state, driven by events.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ed25519_dalek::SigningKey;
+use rand::RngCore;
 
+use super::auth;
 use super::liveness::{Awaited, Liveness, LivenessConfig};
 use super::seen::{Entry, Offer, OfferKind, PendingAck, SeenSet};
-use super::{Config, EngineError, Output, SplitMix64, Stats};
+use super::{Config, EngineError, Output, Stats};
 use crate::peers::{Address, PeerList};
 use crate::tree;
-use crate::wire::{Gossip, Message, MessageId, Route, Strategy};
+use crate::wire::{payload_hash, Gossip, Message, MessageId, Route, Strategy};
 
 /// What a timer does when it fires.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -42,21 +45,32 @@ struct Timer {
 struct Core {
     config: Arc<Config>,
     me: Address,
+    /// Signs this node's broadcasts; boxed, as most simulated engines never originate.
+    signer: Option<Box<SigningKey>>,
     peers: Arc<PeerList>,
     my_pos: usize,
-    rng: SplitMix64,
     timers: BinaryHeap<Reverse<Timer>>,
+    /// Heap size past which stale timers are swept out (twice the live ones after a sweep).
+    compact_at: usize,
     timer_order: u64,
     outputs: VecDeque<Output>,
+    /// Ids this node answered WANT for lately, until when: a second offer of the same id meanwhile
+    /// gets HAVE, so a node in two overlapping clean-up windows takes the payload once.
+    wanted: HashMap<MessageId, Duration>,
+    wanted_order: VecDeque<(Duration, MessageId)>,
     stats: Stats,
     live: Liveness,
 }
 
 /// One node's RainTree protocol state: a pure state machine (no I/O, no clock).
+///
+/// `R` draws the nonces of this node's broadcasts: a CSPRNG in a real node, so that one
+/// observed id reveals nothing of the next; a seeded generator in tests and the simulator.
 #[derive(Debug)]
-pub struct Engine {
+pub struct Engine<R = rand::rngs::StdRng> {
     core: Core,
     seen: SeenSet,
+    rng: R,
 }
 
 /// Why a send awaiting an answer failed.
@@ -68,15 +82,15 @@ enum Failure {
     Unreachable,
 }
 
-impl Engine {
-    /// A node `me` in `peers`; `seed` drives its nonces. Errors if `me` is not in `peers`.
+impl<R: RngCore> Engine<R> {
+    /// A node `me` in `peers`; `rng` draws its nonces. Errors if `me` is not in `peers`.
     pub fn new(
         config: Config,
         me: Address,
         peers: Arc<PeerList>,
-        seed: u64,
+        rng: R,
     ) -> Result<Self, EngineError> {
-        Self::with_shared_config(Arc::new(config), me, peers, seed)
+        Self::with_shared_config(Arc::new(config), me, peers, rng)
     }
 
     /// Like [`Engine::new`] with a config shared between many engines (the simulator).
@@ -84,7 +98,7 @@ impl Engine {
         config: Arc<Config>,
         me: Address,
         peers: Arc<PeerList>,
-        seed: u64,
+        rng: R,
     ) -> Result<Self, EngineError> {
         let my_pos = peers.position(&me).ok_or(EngineError::NotInPeerList)?;
         let seen = SeenSet::new(config.seen_capacity);
@@ -98,17 +112,31 @@ impl Engine {
             core: Core {
                 config,
                 me,
+                signer: None,
                 peers,
                 my_pos,
-                rng: SplitMix64::new(seed),
                 timers: BinaryHeap::new(),
+                compact_at: MIN_COMPACT,
                 timer_order: 0,
                 outputs: VecDeque::new(),
+                wanted: HashMap::new(),
+                wanted_order: VecDeque::new(),
                 stats: Stats::default(),
                 live,
             },
             seen,
+            rng,
         })
+    }
+
+    /// Signs this node's broadcasts with `key` (SPEC 7); its address must be this node's.
+    pub fn with_signing_key(mut self, key: SigningKey) -> Result<Self, EngineError> {
+        let address = Address::from_public_key(&key.verifying_key().to_bytes());
+        if address != self.core.me {
+            return Err(EngineError::WrongSigningKey);
+        }
+        self.core.signer = Some(Box::new(key));
+        Ok(self)
     }
 
     /// Replaces the peer list; messages already known keep the view they started with.
@@ -139,20 +167,31 @@ impl Engine {
         let id = loop {
             let id = MessageId {
                 origin: self.core.me,
-                nonce: self.core.rng.next_u64(),
+                nonce: self.rng.next_u64(),
             };
-            if !self.seen.contains(&id) {
+            if !self.seen.knows(&id) {
                 break id;
             }
         };
+        let hash = payload_hash(&payload);
+        let strategy = self.core.config.strategy;
+        let signature = self
+            .core
+            .signer
+            .as_ref()
+            .map(|k| auth::sign(k, &id, origin_time_us, strategy, &hash));
+        let entry = Entry {
+            payload_hash: hash,
+            signature,
+            ..Entry::new(
+                self.core.peers.clone(),
+                self.core.my_pos,
+                payload,
+                origin_time_us,
+            )
+        };
+        self.insert(now, id, entry)?;
         self.core.stats.broadcasts += 1;
-        let entry = Entry::new(
-            self.core.peers.clone(),
-            self.core.my_pos,
-            payload,
-            origin_time_us,
-        );
-        self.insert(now, id, entry);
         let Some(e) = self.seen.get_mut(&id) else {
             return Ok(id);
         };
@@ -197,7 +236,7 @@ impl Engine {
                 self.on_igyw_reply(now, from, id, want);
                 Ok(())
             }
-            Message::Direct { id, payload } => self.on_direct(now, id, payload),
+            Message::Direct { id, payload } => self.on_direct(now, from, id, payload),
             Message::Request { .. } => self.reject(EngineError::Unexpected("request")),
             Message::Response { .. } => self.reject(EngineError::Unexpected("response")),
             Message::Goodbye { .. } => self.reject(EngineError::Unexpected("goodbye")),
@@ -278,9 +317,19 @@ impl Engine {
         self.seen.len()
     }
 
-    /// Whether `id` is remembered (delivered, originated or seen).
+    /// Whether `id` is remembered (delivered, originated or seen) within its age limit.
     pub fn has_seen(&self, id: &MessageId) -> bool {
-        self.seen.contains(id)
+        self.seen.knows(id)
+    }
+
+    /// Ids evicted for capacity but still remembered (tombstones), never delivered again.
+    pub fn tombstones(&self) -> usize {
+        self.seen.tombstones()
+    }
+
+    /// Timers in the heap, live or stale: bounded by a small multiple of the live ones.
+    pub fn timer_count(&self) -> usize {
+        self.core.timers.len()
     }
 
     /// Whether `peer` is currently passed over for failing (SPEC 4).
@@ -303,16 +352,33 @@ impl Engine {
         Err(e)
     }
 
-    fn insert(&mut self, now: Duration, id: MessageId, entry: Entry) {
-        let (_, evicted) = self.seen.insert(id, entry);
+    fn forged(&mut self, why: &'static str) -> Result<(), EngineError> {
+        self.core.stats.forged += 1;
+        Err(EngineError::Forged(why))
+    }
+
+    /// Remembers a new id; refused when the seen-set and its tombstones are full of ids still
+    /// within their age limit (forgetting one could deliver it twice).
+    fn insert(&mut self, now: Duration, id: MessageId, entry: Entry) -> Result<(), EngineError> {
+        let ttl = self.core.config.seen_ttl;
+        let Ok((_, evicted)) = self.seen.insert(id, entry, now, ttl) else {
+            self.core.stats.seen_full += 1;
+            return Err(EngineError::SeenSetFull);
+        };
         self.core.stats.evicted += evicted as u64;
         let at = now.saturating_add(self.core.config.seen_ttl);
         if let Some(e) = self.seen.get_mut(&id) {
             self.core.schedule(e, id, at, TimerKind::Expire);
         }
+        Ok(())
     }
 
-    fn on_gossip(&mut self, now: Duration, from: Address, g: Gossip) -> Result<(), EngineError> {
+    fn on_gossip(
+        &mut self,
+        now: Duration,
+        from: Address,
+        mut g: Gossip,
+    ) -> Result<(), EngineError> {
         let cfg = self.core.config.clone();
         if g.strategy != cfg.strategy {
             return self.reject(EngineError::StrategyMismatch {
@@ -327,6 +393,58 @@ impl Engine {
             });
         }
         let id = g.id;
+        if matches!(g.route, Route::Tree | Route::Resend) {
+            let (peers, my_pos) = match self.seen.get(&id) {
+                Some(e) => (e.peers.clone(), e.my_pos),
+                None => (self.core.peers.clone(), self.core.my_pos),
+            };
+            let max = tree_bound(&cfg, &peers, my_pos, &id.origin, &from);
+            if g.level_or_range > max {
+                self.core.stats.impossible += 1;
+                if cfg.strategy == Strategy::Reference {
+                    return Err(EngineError::ImpossibleRange {
+                        got: g.level_or_range,
+                        max,
+                    });
+                }
+                // The signed message is good, only the range is not: refusing it would starve
+                // this node's part as a black hole would, so the part a correct sender could
+                // have given is honoured and the rest ignored.
+                g.level_or_range = max;
+                self.core.outputs.push_back(Output::Misbehaved {
+                    peer: from,
+                    reason: "impossible range",
+                });
+            }
+        }
+        let first = !self.seen.knows(&id);
+        // Verified before anything is marked seen, ACKed, forwarded or delivered, so a forgery
+        // can neither be delivered nor poison the seen-set for the real broadcast.
+        let hash = if first {
+            let h = payload_hash(&g.payload);
+            if cfg.verify_signatures {
+                if let Err(why) = auth::check(&g, &h) {
+                    return self.forged(why);
+                }
+            }
+            h
+        } else {
+            [0; 32]
+        };
+        if first {
+            let entry = Entry {
+                hops: g.hops,
+                payload_hash: hash,
+                signature: g.signature.clone(),
+                ..Entry::new(
+                    self.core.peers.clone(),
+                    self.core.my_pos,
+                    g.payload.clone(),
+                    g.origin_time_us,
+                )
+            };
+            self.insert(now, id, entry)?;
+        }
         // The sender waits for this even when the copy is a duplicate.
         if g.route == Route::Tree && cfg.acks {
             self.core.send(
@@ -337,18 +455,7 @@ impl Engine {
                 },
             );
         }
-        let first = !self.seen.contains(&id);
         if first {
-            let entry = Entry {
-                hops: g.hops,
-                ..Entry::new(
-                    self.core.peers.clone(),
-                    self.core.my_pos,
-                    g.payload.clone(),
-                    g.origin_time_us,
-                )
-            };
-            self.insert(now, id, entry);
             self.core.stats.deliveries += 1;
             self.core.outputs.push_back(Output::Deliver {
                 id,
@@ -362,8 +469,17 @@ impl Engine {
         let Some(e) = self.seen.get_mut(&id) else {
             return Ok(());
         };
-        if e.payload.is_empty() {
+        if !e.holds_payload && may_forward(&cfg, e, &g) {
+            // The released payload comes back only byte for byte: a duplicate must never make
+            // this node forward bytes other than those it delivered.
+            if payload_hash(&g.payload) != e.payload_hash {
+                self.core.stats.forged += 1;
+                return Err(EngineError::Forged(
+                    "payload differs from the one delivered",
+                ));
+            }
             e.payload = g.payload.clone();
+            e.holds_payload = true;
         }
         match g.route {
             Route::Tree | Route::Resend => {
@@ -412,12 +528,30 @@ impl Engine {
     }
 
     fn on_igyw(&mut self, now: Duration, from: Address, id: MessageId, span: u32) {
-        let want = !self.seen.contains(&id);
+        // With trusted window HAVEs, a holder that released the payload asks for it again when
+        // the offer needs serving (a window to cover or a chain to take over). Untrusted, the
+        // offerer covers the window itself and a HAVE is all it needs.
+        let cleanup = self.core.config.cleanup;
+        let trust = self.core.config.trust_window_have;
+        let known = self.seen.knows(&id) || self.core.wanted_lately(now, id);
+        let want = !known
+            || (trust
+                && self.seen.get(&id).is_some_and(|e| {
+                    !e.holds_payload
+                        && (span.min(clamp_u32(e.peers.len() as u64)) > e.igyw.window
+                            || (cleanup && !e.igyw.started))
+                }));
+        if want && !self.seen.knows(&id) {
+            self.core.note_wanted(now, id);
+        }
         self.core.send(from, Message::IgywReply { id, want });
         // A node that has the message answers for the window it was offered (SPEC 6):
         // nodes past it in the window may still miss it.
-        if let Some(e) = self.seen.get_mut(&id) {
-            self.core.cover_window(now, id, e, span);
+        // Only a holder of the payload can serve the WANTs its offers may bring.
+        if let Some(e) = self.seen.get_mut(&id).filter(|e| e.holds_payload) {
+            if trust {
+                self.core.cover_window(now, id, e, span);
+            }
             // A holder whose own chain never started (it was filled by clean-up) takes over
             // past its window: a chain that stops at this HAVE must not leave the ring beyond.
             if self.core.config.cleanup && !e.igyw.started {
@@ -451,6 +585,8 @@ impl Engine {
             self.core.stats.igyw_have += 1;
         }
         match o.kind {
+            // A released payload cannot be sent: the asker gets it from another holder.
+            _ if want && !e.holds_payload => e.igyw.finished |= o.kind == OfferKind::Chain,
             OfferKind::Probe { lor } => {
                 if want {
                     let m = self.core.gossip(id, e, lor, Route::Resend);
@@ -462,6 +598,11 @@ impl Engine {
                     self.core.stats.cleanup_sends += 1;
                     let m = self.core.gossip(id, e, o.span, Route::Cleanup);
                     self.core.send(from, m);
+                } else if o.span > 1 && !self.core.config.trust_window_have {
+                    // A HAVE vouches for its sender only, not for the window behind it: a
+                    // black hole would say it to end the offers to the nodes it starved.
+                    self.core
+                        .cover_range(now, id, e, o.offset + 1, o.span as usize - 1);
                 }
             }
             OfferKind::Chain => {
@@ -473,11 +614,27 @@ impl Engine {
                     // jumps past the window just handed over and doubles the next one.
                     let n = e.peers.len();
                     e.igyw.skipped = 0;
+                    e.igyw.haves = 0;
                     e.igyw.offset = o.offset.saturating_add(o.span as usize);
                     e.igyw.span = o.span.saturating_mul(2).min(clamp_u32(n as u64));
                     self.core.offer_chain(now, id, e);
                 } else {
-                    e.igyw.finished = true;
+                    // Not trusted on its own: the rest of the window handed over is offered
+                    // by this node, and the chain goes on past it, up to the HAVE limit.
+                    let mut next = o.offset + 1;
+                    if o.span > 1 && !self.core.config.trust_window_have {
+                        self.core
+                            .cover_range(now, id, e, o.offset + 1, o.span as usize - 1);
+                        next = o.offset + o.span as usize;
+                    }
+                    e.igyw.haves += 1;
+                    if e.igyw.haves >= self.core.config.igyw_have_limit {
+                        e.igyw.finished = true;
+                    } else {
+                        e.igyw.offset = next;
+                        e.igyw.span = 1;
+                        self.core.offer_chain(now, id, e);
+                    }
                 }
             }
         }
@@ -487,9 +644,15 @@ impl Engine {
     fn on_direct(
         &mut self,
         now: Duration,
+        from: Address,
         id: MessageId,
         payload: Bytes,
     ) -> Result<(), EngineError> {
+        // Unsigned: the transport authenticated the sender, which may only use its own name
+        // (else it could plant other origins' ids in the seen-set).
+        if id.origin != from {
+            return self.forged("direct message in another node's name");
+        }
         let max = self.core.config.max_payload;
         if payload.len() > max {
             return self.reject(EngineError::PayloadTooLarge {
@@ -497,14 +660,14 @@ impl Engine {
                 max,
             });
         }
-        if self.seen.contains(&id) {
+        if self.seen.knows(&id) {
             self.core.stats.duplicates += 1;
             return Ok(());
         }
         let mut entry = Entry::new(self.core.peers.clone(), self.core.my_pos, Bytes::new(), 0);
         entry.tree_done = true;
         entry.hops = 1;
-        self.insert(now, id, entry);
+        self.insert(now, id, entry)?;
         self.core.stats.deliveries += 1;
         self.core.outputs.push_back(Output::Deliver {
             id,
@@ -545,7 +708,9 @@ impl Engine {
                 }
             }
             TimerKind::Expire => {
-                if e.latest_deadline > now || e.busy() {
+                // Only pending work keeps an entry past its age limit: its other timers are
+                // stale once it goes, and do nothing.
+                if e.busy() {
                     let at = e.latest_deadline.max(now + self.core.config.ack_timeout);
                     self.core.schedule(e, t.id, at, TimerKind::Expire);
                 } else {
@@ -559,25 +724,81 @@ impl Engine {
         }
     }
 
-    /// Drops timers at the top of the heap that no longer have work, so `poll_timeout` is tight.
+    /// Drops timers at the top of the heap that no longer have work, so `poll_timeout` is tight,
+    /// and sweeps the whole heap once stale timers (answered, or of evicted entries) outnumber
+    /// live ones: timers belong to their seen-entry, so the heap stays bounded by the seen-set.
     fn prune_stale(&mut self) {
         while let Some(Reverse(t)) = self.core.timers.peek() {
-            let live = match self.seen.get(&t.id) {
-                Some(e) if e.seq == t.entry_seq => match t.kind {
-                    TimerKind::Ack(token) => e.acks.iter().any(|p| p.token == token),
-                    TimerKind::IgywWait(token) => e.offers.iter().any(|o| o.token == token),
-                    TimerKind::IgywStart => {
-                        !e.igyw.finished && !e.offers.iter().any(|o| o.kind == OfferKind::Chain)
-                    }
-                    TimerKind::Expire => true,
-                },
-                _ => false,
-            };
-            if live {
+            if timer_live(&self.seen, t) {
                 break;
             }
             self.core.timers.pop();
         }
+        if self.core.timers.len() > self.core.compact_at {
+            let seen = &self.seen;
+            let mut timers = std::mem::take(&mut self.core.timers).into_vec();
+            timers.retain(|Reverse(t)| timer_live(seen, t));
+            self.core.timers = BinaryHeap::from(timers);
+            self.core.compact_at = (2 * self.core.timers.len()).max(MIN_COMPACT);
+        }
+    }
+}
+
+/// The smallest heap size at which stale timers are swept.
+const MIN_COMPACT: usize = 64;
+
+/// Whether a timer still has work: its entry is the one it was set for and the thing it
+/// watches is still pending.
+fn timer_live(seen: &SeenSet, t: &Timer) -> bool {
+    match seen.get(&t.id) {
+        Some(e) if e.seq == t.entry_seq => match t.kind {
+            TimerKind::Ack(token) => e.acks.iter().any(|p| p.token == token),
+            TimerKind::IgywWait(token) => e.offers.iter().any(|o| o.token == token),
+            TimerKind::IgywStart => {
+                !e.igyw.finished && !e.offers.iter().any(|o| o.kind == OfferKind::Chain)
+            }
+            TimerKind::Expire => true,
+        },
+        _ => false,
+    }
+}
+
+/// The largest level (reference) or range (exact) a correct `from` can put on a tree copy of
+/// a broadcast by `origin` to this node at `my_pos` of `peers`.
+fn tree_bound(
+    cfg: &Config,
+    peers: &PeerList,
+    my_pos: usize,
+    origin: &Address,
+    from: &Address,
+) -> u32 {
+    let n = peers.len();
+    match cfg.strategy {
+        Strategy::Reference => tree::max_level(n as u64),
+        Strategy::Exact => {
+            let Some(f) = peers.position(from) else {
+                // An unlisted sender is not this node: it owned at most all of the view but us.
+                return clamp_u32(n.saturating_sub(1).max(1) as u64);
+            };
+            // The sender stands `d` before this node; its range ended within its own view.
+            let d = (my_pos + n - f) % n;
+            let generic = (n - d) as u64;
+            let Some(o) = peers.position(origin) else {
+                return clamp_u32(generic);
+            };
+            let x = ((my_pos + n - o) % n) as u64;
+            let s = ((f + n - o) % n) as u64;
+            clamp_u32(generic.min(tree::exact_range_bound(n as u64, x, s)))
+        }
+    }
+}
+
+/// Whether a copy of a known id may make this node send the payload again.
+fn may_forward(cfg: &Config, e: &Entry, g: &Gossip) -> bool {
+    match g.route {
+        Route::Tree | Route::Resend => cfg.forward_duplicates || g.level_or_range > e.done,
+        Route::Cleanup => true,
+        _ => false,
     }
 }
 
@@ -585,7 +806,30 @@ fn clamp_u32(x: u64) -> u32 {
     u32::try_from(x).unwrap_or(u32::MAX)
 }
 
+/// Most ids remembered as asked for; the oldest is forgotten first.
+const WANTED_CAPACITY: usize = 1024;
+
 impl Core {
+    /// Whether this node asked for `id` less than an IGYW timeout ago.
+    fn wanted_lately(&mut self, now: Duration, id: MessageId) -> bool {
+        while let Some(&(until, old)) = self.wanted_order.front() {
+            if until > now && self.wanted_order.len() <= WANTED_CAPACITY {
+                break;
+            }
+            self.wanted_order.pop_front();
+            if self.wanted.get(&old) == Some(&until) {
+                self.wanted.remove(&old);
+            }
+        }
+        self.wanted.contains_key(&id)
+    }
+
+    fn note_wanted(&mut self, now: Duration, id: MessageId) {
+        let until = now.saturating_add(self.config.igyw_timeout);
+        self.wanted.insert(id, until);
+        self.wanted_order.push_back((until, id));
+    }
+
     fn send(&mut self, to: Address, message: Message) {
         match &message {
             Message::Gossip(_) => self.stats.gossip_sent += 1,
@@ -617,6 +861,7 @@ impl Core {
             origin_time_us: e.origin_time_us,
             hops: e.hops.saturating_add(1),
             payload: e.payload.clone(),
+            signature: e.signature.clone(),
         })
     }
 
@@ -647,9 +892,21 @@ impl Core {
                 if !dup_mode && range <= e.done {
                     return false;
                 }
-                // A larger range re-splits from scratch; the overlap is deduped downstream.
-                e.done = e.done.max(range);
-                self.forward_exact(now, id, e, u64::from(range));
+                if dup_mode || e.done <= 1 {
+                    e.done = e.done.max(range);
+                    self.forward_exact(now, id, e, u64::from(range));
+                    return true;
+                }
+                // A re-delegation (a part above this node failed): only the part beyond what
+                // this node already covered is new, so only that is handed out, never the
+                // whole range again.
+                let covered = e.done as usize;
+                e.done = range;
+                let mut parts = Vec::with_capacity(3);
+                push_split(&mut parts, covered, range as usize - covered);
+                for (off, len) in parts {
+                    self.delegate(now, id, e, off, len);
+                }
                 true
             }
         }
@@ -1073,6 +1330,7 @@ impl Core {
     fn release_if_idle(&mut self, e: &mut Entry) {
         if !e.busy() {
             e.payload = Bytes::new();
+            e.holds_payload = false;
         }
     }
 }

@@ -4,10 +4,12 @@
 //! [`Engine::handle_timeout`], [`Engine::set_peers`]); outputs are sends and deliveries
 //! ([`Engine::poll_output`]) and the next deadline ([`Engine::poll_timeout`]).
 
+mod auth;
 mod config;
 mod engine;
+#[cfg(test)]
+mod hostile_tests;
 mod liveness;
-mod rng;
 mod seen;
 #[cfg(test)]
 mod tests;
@@ -16,7 +18,9 @@ use bytes::Bytes;
 
 pub use config::{Config, ParseEnumError, Redundancy};
 pub use engine::Engine;
-pub use rng::SplitMix64;
+
+/// Signs a broadcast as its originator would; the simulator's hostile nodes use it to forge.
+pub(crate) use auth::sign as sign_for_sim;
 
 use crate::peers::Address;
 use crate::wire::{Message, MessageId, Strategy};
@@ -41,6 +45,14 @@ pub enum Output {
         origin_time_us: u64,
         /// Hops from the originator.
         hops: u32,
+    },
+    /// `peer` sent something no correct peer sends; the engine coped (e.g. clamped a range),
+    /// and the driver may score it against the connection (refused input is an `Err` instead).
+    Misbehaved {
+        /// The sender.
+        peer: Address,
+        /// What it did.
+        reason: &'static str,
     },
 }
 
@@ -89,6 +101,14 @@ pub struct Stats {
     pub probes: u64,
     /// Failed parts of the exact tree re-split among their remaining nodes.
     pub resplits: u64,
+    /// Copies dropped as forged: a broadcast whose signature does not verify, a duplicate
+    /// whose payload is not the one delivered, a direct message in another node's name.
+    pub forged: u64,
+    /// Tree copies refused because no correct sender could give them their level or range.
+    pub impossible: u64,
+    /// New ids refused because the seen-set and its tombstones were full of ids within
+    /// their age limit.
+    pub seen_full: u64,
 }
 
 impl Stats {
@@ -115,6 +135,9 @@ impl Stats {
         self.skips += o.skips;
         self.probes += o.probes;
         self.resplits += o.resplits;
+        self.forged += o.forged;
+        self.impossible += o.impossible;
+        self.seen_full += o.seen_full;
     }
 }
 
@@ -143,4 +166,22 @@ pub enum EngineError {
     /// A message kind the engine does not handle (request, response, goodbye).
     #[error("unexpected message: {0}")]
     Unexpected(&'static str),
+    /// A copy whose origin is not proven; the driver should penalise the connection it came on.
+    #[error("forged message: {0}")]
+    Forged(&'static str),
+    /// A tree copy whose level or range no correct sender could send.
+    #[error("level or range {got} exceeds what a correct sender could send ({max})")]
+    ImpossibleRange {
+        /// The level or range received.
+        got: u32,
+        /// The largest a correct sender could send.
+        max: u32,
+    },
+    /// The seen-set and its tombstones are full of ids within their age limit: a new id is
+    /// refused rather than a remembered one forgotten (and possibly delivered twice).
+    #[error("seen-set full: new message ids refused until old ones age out")]
+    SeenSetFull,
+    /// A signing key whose address is not this node's.
+    #[error("the signing key is not this node's identity")]
+    WrongSigningKey,
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::peers::{Address, PeerList};
-use crate::wire::MessageId;
+use crate::wire::{MessageId, OriginSignature};
 
 /// A tree send waiting for its ACK.
 #[derive(Clone, Debug)]
@@ -52,6 +52,8 @@ pub(crate) struct IgywState {
     pub finished: bool,
     /// Unresponsive neighbours skipped in a row.
     pub skipped: u32,
+    /// HAVE answers in a row.
+    pub haves: u32,
     /// The view offset the chain offers to next.
     pub offset: usize,
     /// The window the next chain offer hands over: doubles after every WANT, so a long run of
@@ -67,6 +69,7 @@ impl Default for IgywState {
             started: false,
             finished: false,
             skipped: 0,
+            haves: 0,
             offset: 1,
             span: 1,
             window: 1,
@@ -79,10 +82,19 @@ impl Default for IgywState {
 pub(crate) struct Entry {
     /// Insertion number; tells a re-inserted id from an evicted one.
     pub seq: u64,
+    /// When the id was first seen: an evicted id is still remembered until `born + seen_ttl`.
+    pub born: Duration,
     pub peers: Arc<PeerList>,
     pub my_pos: usize,
     /// Kept only while some duty may still send it.
     pub payload: Bytes,
+    /// False once `payload` was released; a later copy brings it back only if its hash matches.
+    pub holds_payload: bool,
+    /// SHA-256 of the payload delivered: a duplicate never substitutes other bytes.
+    pub payload_hash: [u8; 32],
+    /// The verified origin signature, forwarded with every copy (the verdict is cached here:
+    /// duplicates are not verified again and their signature bytes are never used).
+    pub signature: Option<std::sync::Arc<OriginSignature>>,
     pub origin_time_us: u64,
     /// Hops of the copy that first reached us (0 at the originator).
     pub hops: u32,
@@ -105,9 +117,13 @@ impl Entry {
     pub fn new(peers: Arc<PeerList>, my_pos: usize, payload: Bytes, origin_time_us: u64) -> Self {
         Entry {
             seq: 0,
+            born: Duration::ZERO,
             peers,
             my_pos,
             payload,
+            holds_payload: true,
+            payload_hash: [0; 32],
+            signature: None,
             origin_time_us,
             hops: 0,
             done: 0,
@@ -136,17 +152,31 @@ impl Entry {
     }
 }
 
-/// Message states in insertion order, bounded by count; age limits are enforced by the engine.
+/// Every id within its age limit is either an entry or a tombstone, so none is delivered twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Full;
+
+/// How far from the oldest entry eviction looks for an idle one before taking the oldest.
+const IDLE_SCAN: usize = 64;
+
+/// Message states in insertion order, bounded by count, plus tombstones of evicted ids.
+///
+/// Entries past `capacity` are evicted (idle ones first) into tombstones: an id and the time
+/// its age limit ends, about 40 bytes against an entry's hundreds. Tombstones are bounded by
+/// `capacity` too; when both are full of ids within their age limit, new ids are refused
+/// rather than forgotten ids delivered again. Age limits of entries are enforced by the engine.
 #[derive(Debug, Default)]
 pub(crate) struct SeenSet {
     map: HashMap<MessageId, Entry>,
     order: VecDeque<(u64, MessageId)>,
     next_seq: u64,
     capacity: usize,
+    tombs: HashMap<MessageId, Duration>,
+    tomb_order: VecDeque<(Duration, MessageId)>,
 }
 
 impl SeenSet {
-    /// An empty set holding at most `capacity` ids (at least one).
+    /// An empty set holding at most `capacity` ids (at least one) and as many tombstones.
     pub fn new(capacity: usize) -> Self {
         SeenSet {
             capacity: capacity.max(1),
@@ -154,8 +184,9 @@ impl SeenSet {
         }
     }
 
-    pub fn contains(&self, id: &MessageId) -> bool {
-        self.map.contains_key(id)
+    /// Whether `id` was seen within its age limit (an entry or a tombstone).
+    pub fn knows(&self, id: &MessageId) -> bool {
+        self.map.contains_key(id) || self.tombs.contains_key(id)
     }
 
     pub fn get(&self, id: &MessageId) -> Option<&Entry> {
@@ -170,28 +201,89 @@ impl SeenSet {
         self.map.len()
     }
 
-    /// Inserts a new entry, evicting the oldest beyond capacity; returns how many were evicted.
-    ///
-    /// An evicted entry's timers find no entry and do nothing, so eviction also cancels them.
-    pub fn insert(&mut self, id: MessageId, mut entry: Entry) -> (u64, usize) {
+    /// Tombstones held now.
+    pub fn tombstones(&self) -> usize {
+        self.tombs.len()
+    }
+
+    /// Inserts a new entry first seen at `now`, evicting one beyond capacity into a tombstone
+    /// that lasts until `born + ttl`; returns its sequence number and how many were evicted.
+    pub fn insert(
+        &mut self,
+        id: MessageId,
+        mut entry: Entry,
+        now: Duration,
+        ttl: Duration,
+    ) -> Result<(u64, usize), Full> {
+        self.forget_tombs(now);
+        let mut evicted = 0;
+        if self.map.len() >= self.capacity {
+            if self.tombs.len() >= self.capacity {
+                return Err(Full);
+            }
+            if let Some(victim) = self.victim() {
+                if let Some(e) = self.map.remove(&victim) {
+                    let until = e.born.saturating_add(ttl);
+                    if until > now {
+                        self.tombs.insert(victim, until);
+                        self.tomb_order.push_back((until, victim));
+                    }
+                    evicted = 1;
+                }
+            }
+        }
         self.next_seq += 1;
         let seq = self.next_seq;
         entry.seq = seq;
+        entry.born = now;
         self.map.insert(id, entry);
         self.order.push_back((seq, id));
-        let mut evicted = 0;
-        while self.map.len() > self.capacity {
-            match self.order.pop_front() {
-                Some((s, old)) => {
-                    if self.map.get(&old).is_some_and(|e| e.seq == s) {
-                        self.map.remove(&old);
-                        evicted += 1;
-                    }
+        // Idle entries leave from the middle: drop their stale records now and then.
+        if self.order.len() > 2 * self.capacity + 16 {
+            let map = &self.map;
+            self.order
+                .retain(|(s, id)| map.get(id).is_some_and(|e| e.seq == *s));
+        }
+        Ok((seq, evicted))
+    }
+
+    /// The entry to evict: the oldest idle one among the oldest few, else the oldest.
+    fn victim(&mut self) -> Option<MessageId> {
+        while let Some((s, id)) = self.order.front() {
+            if self.map.get(id).is_some_and(|e| e.seq == *s) {
+                break;
+            }
+            self.order.pop_front();
+        }
+        let live = |(s, id): &&(u64, MessageId)| {
+            self.map
+                .get(id)
+                .filter(|e| e.seq == *s)
+                .map(|e| (*id, e.busy()))
+        };
+        let mut oldest = None;
+        for rec in self.order.iter().take(IDLE_SCAN) {
+            if let Some((id, busy)) = live(&rec) {
+                if !busy {
+                    return Some(id);
                 }
-                None => break,
+                oldest.get_or_insert(id);
             }
         }
-        (seq, evicted)
+        oldest
+    }
+
+    /// Drops tombstones whose age limit has passed (in the order they were made).
+    fn forget_tombs(&mut self, now: Duration) {
+        while let Some(&(until, id)) = self.tomb_order.front() {
+            if until > now {
+                break;
+            }
+            self.tomb_order.pop_front();
+            if self.tombs.get(&id) == Some(&until) {
+                self.tombs.remove(&id);
+            }
+        }
     }
 
     /// Forgets `id` (its age limit passed).

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ed25519_dalek::SigningKey;
 use proptest::prelude::{any, prop_assert, prop_oneof, proptest, Just, Strategy as PropStrategy};
 
 use super::*;
@@ -13,15 +14,39 @@ use crate::wire::{Gossip, Route, Strategy};
 
 const T0: Duration = Duration::ZERO;
 
+/// Engines fed hand-made gossip: nothing is signed, nothing verified (reference tree).
+pub(super) fn unsigned() -> Config {
+    Config {
+        verify_signatures: false,
+        ..reference()
+    }
+}
+
+/// A deterministic signing key.
+pub(super) fn key(i: u64) -> SigningKey {
+    let mut b = [7u8; 32];
+    b[..8].copy_from_slice(&i.to_le_bytes());
+    SigningKey::from_bytes(&b)
+}
+
+pub(super) fn address_of(k: &SigningKey) -> Address {
+    Address::from_public_key(&k.verifying_key().to_bytes())
+}
+
+/// A seeded nonce generator: tests replay exactly.
+pub(super) fn rng(seed: u64) -> rand::rngs::StdRng {
+    rand::SeedableRng::seed_from_u64(seed)
+}
+
 /// N engines delivering messages in FIFO order at one instant; counts reads/writes per position.
-struct Net {
-    list: Arc<PeerList>,
-    engines: Vec<Engine>,
-    queue: VecDeque<(usize, usize, Message)>,
-    reads: Vec<u32>,
-    writes: Vec<u32>,
-    delivered: Vec<u32>,
-    dead: Vec<bool>,
+pub(super) struct Net {
+    pub list: Arc<PeerList>,
+    pub engines: Vec<Engine>,
+    pub queue: VecDeque<(usize, usize, Message)>,
+    pub reads: Vec<u32>,
+    pub writes: Vec<u32>,
+    pub delivered: Vec<u32>,
+    pub dead: Vec<bool>,
 }
 
 /// Node `i`'s outputs onto the in-order network (through `drive::drain`).
@@ -48,13 +73,21 @@ impl crate::drive::Sink for NetOut<'_> {
 }
 
 impl Net {
-    fn new(n: usize, config: Config) -> Self {
-        let list = Arc::new(PeerList::new((0..n as u64).map(Address::from_index)));
+    pub fn new(n: usize, config: Config) -> Self {
+        let keys: Vec<SigningKey> = (0..n as u64).map(key).collect();
+        let list = Arc::new(PeerList::new(keys.iter().map(address_of)));
+        // Every engine signs and verifies, as a node does.
         let engines = list
             .as_slice()
             .iter()
             .enumerate()
-            .map(|(i, a)| Engine::new(config.clone(), *a, list.clone(), i as u64).unwrap())
+            .map(|(i, a)| {
+                let k = keys.iter().find(|k| address_of(k) == *a).unwrap().clone();
+                Engine::new(config.clone(), *a, list.clone(), rng(i as u64))
+                    .unwrap()
+                    .with_signing_key(k)
+                    .unwrap()
+            })
             .collect();
         Net {
             list,
@@ -67,7 +100,7 @@ impl Net {
         }
     }
 
-    fn drain(&mut self, i: usize) {
+    pub fn drain(&mut self, i: usize) {
         let Net {
             list,
             engines,
@@ -86,7 +119,7 @@ impl Net {
         crate::drive::drain(&mut engines[i], &mut out);
     }
 
-    fn run(&mut self, now: Duration) {
+    pub fn run(&mut self, now: Duration) {
         for i in 0..self.engines.len() {
             self.drain(i);
         }
@@ -104,7 +137,7 @@ impl Net {
     }
 
     /// Fires every timer due by `until`, in deadline order, running the network in between.
-    fn run_timers(&mut self, until: Duration) {
+    pub fn run_timers(&mut self, until: Duration) {
         loop {
             let next = (0..self.engines.len())
                 .filter(|&i| !self.dead[i])
@@ -120,7 +153,7 @@ impl Net {
 }
 
 /// The reference strategy (SPEC 2), which is no longer the default.
-fn reference() -> Config {
+pub(super) fn reference() -> Config {
     Config {
         strategy: Strategy::Reference,
         ..Config::default()
@@ -245,7 +278,7 @@ fn errors_are_typed_and_emit_nothing() {
     let list = Arc::new(PeerList::new((0..3).map(Address::from_index)));
     let stranger = Address::from_index(99);
     assert_eq!(
-        Engine::new(reference(), stranger, list.clone(), 1).err(),
+        Engine::new(reference(), stranger, list.clone(), rng(1)).err(),
         Some(EngineError::NotInPeerList)
     );
     let me = list.get(0).unwrap();
@@ -256,7 +289,7 @@ fn errors_are_typed_and_emit_nothing() {
         },
         me,
         list.clone(),
-        1,
+        rng(1),
     )
     .unwrap();
     assert_eq!(
@@ -316,7 +349,7 @@ fn tree_copies_are_acked_even_when_duplicate() {
     let list = Arc::new(PeerList::new((0..9).map(Address::from_index)));
     let me = list.get(4).unwrap();
     let from = list.get(0).unwrap();
-    let mut e = Engine::new(reference(), me, list.clone(), 3).unwrap();
+    let mut e = Engine::new(unsigned(), me, list.clone(), rng(3)).unwrap();
     let id = MessageId {
         origin: from,
         nonce: 1,
@@ -345,11 +378,11 @@ fn level_aware_dedup_forwards_only_new_levels() {
     let mut e = Engine::new(
         Config {
             acks: false,
-            ..reference()
+            ..unsigned()
         },
         list.get(5).unwrap(),
         list.clone(),
-        3,
+        rng(3),
     )
     .unwrap();
     let id = MessageId {
@@ -382,7 +415,7 @@ fn level_aware_dedup_forwards_only_new_levels() {
 #[test]
 fn reference_resends_to_neighbours_of_a_dead_target() {
     let list = Arc::new(PeerList::new((0..27).map(Address::from_index)));
-    let mut e = Engine::new(reference(), list.get(0).unwrap(), list.clone(), 1).unwrap();
+    let mut e = Engine::new(reference(), list.get(0).unwrap(), list.clone(), rng(1)).unwrap();
     e.broadcast(T0, Bytes::from_static(b"x"), 0).unwrap();
     let mut sends = 0;
     while let Some(Output::Send {
@@ -428,7 +461,7 @@ fn reference_resends_to_neighbours_of_a_dead_target() {
     assert_eq!(e.poll_timeout(), Some(reference().seen_ttl));
 }
 
-fn exact() -> Config {
+pub(super) fn exact() -> Config {
     Config {
         strategy: Strategy::Exact,
         ..Config::default()
@@ -589,7 +622,7 @@ fn suspicion_lapses_after_its_ttl() {
 fn ack_deadlines_adapt_to_measured_round_trips() {
     let list = Arc::new(PeerList::new((0..9).map(Address::from_index)));
     let me = list.get(0).unwrap();
-    let mut e = Engine::new(exact(), me, list.clone(), 1).unwrap();
+    let mut e = Engine::new(exact(), me, list.clone(), rng(1)).unwrap();
     let ms = Duration::from_millis;
     let acks = |e: &mut Engine, at: Duration, skip: Option<usize>| {
         let sends: Vec<_> = std::iter::from_fn(|| e.poll_output()).collect();
@@ -709,25 +742,41 @@ fn seen_set_is_bounded_and_expires_after_timers() {
         seen_ttl: Duration::from_secs(1),
         ..Config::default()
     };
-    let mut e = Engine::new(config, me, list.clone(), 0).unwrap();
-    for nonce in 0..10 {
-        let id = MessageId {
+    let mut e = Engine::new(config, me, list.clone(), rng(0)).unwrap();
+    let direct = |nonce| Message::Direct {
+        id: MessageId {
             origin: from,
             nonce,
-        };
-        let m = Message::Direct {
-            id,
-            payload: Bytes::new(),
-        };
-        e.handle_message(T0, from, m).unwrap();
+        },
+        payload: Bytes::new(),
+    };
+    // Four entries and four tombstones: the ninth and tenth new ids are refused, not a
+    // remembered one forgotten.
+    for nonce in 0..10 {
+        let r = e.handle_message(T0, from, direct(nonce));
+        assert_eq!(r.is_ok(), nonce < 8, "nonce {nonce}: {r:?}");
     }
     assert_eq!(e.seen_len(), 4);
-    assert_eq!(e.stats().evicted, 6);
+    assert_eq!(e.tombstones(), 4);
+    assert_eq!(e.stats().evicted, 4);
+    assert_eq!(e.stats().seen_full, 2);
+    assert_eq!(e.stats().deliveries, 8);
+    // Evicted ids are still known: a copy within the age limit is a duplicate.
+    for nonce in 0..8 {
+        e.handle_message(Duration::from_millis(500), from, direct(nonce))
+            .unwrap();
+    }
+    assert_eq!(e.stats().deliveries, 8);
     e.handle_timeout(Duration::from_millis(999));
     assert_eq!(e.seen_len(), 4);
     e.handle_timeout(Duration::from_secs(1));
     assert_eq!(e.seen_len(), 0);
     assert_eq!(e.poll_timeout(), None);
+    // Past the age limit the tombstones go too, and new ids are welcome again.
+    e.handle_message(Duration::from_secs(1), from, direct(9))
+        .unwrap();
+    assert_eq!(e.tombstones(), 0);
+    assert_eq!(e.stats().deliveries, 9);
 
     // With a pending ACK longer than the TTL the entry stays until the ACK timer is resolved.
     let config = Config {
@@ -735,7 +784,7 @@ fn seen_set_is_bounded_and_expires_after_timers() {
         ack_timeout: Duration::from_millis(500),
         ..Config::default()
     };
-    let mut e = Engine::new(config, me, list, 0).unwrap();
+    let mut e = Engine::new(config, me, list, rng(0)).unwrap();
     let id = e.broadcast(T0, Bytes::from_static(b"x"), 0).unwrap();
     e.handle_timeout(Duration::from_millis(200));
     assert!(e.has_seen(&id));
@@ -778,6 +827,7 @@ fn arb_message() -> impl PropStrategy<Value = Message> {
                     origin_time_us: 0,
                     hops,
                     payload: Bytes::from_static(b"p"),
+                    signature: None,
                 })
             }),
         (id.clone(), any::<u32>()).prop_map(|(id, lor)| Message::Ack {
@@ -808,9 +858,9 @@ proptest! {
             redundancy: Redundancy::Both,
             cleanup: true,
             seen_ttl: Duration::from_secs(1000),
-            ..Config::default()
+            ..unsigned()
         };
-        let mut e = Engine::new(config, list.get(0).unwrap(), list.clone(), 9).unwrap();
+        let mut e = Engine::new(config, list.get(0).unwrap(), list.clone(), rng(9)).unwrap();
         let mut now = Duration::ZERO;
         let mut delivered = std::collections::HashSet::new();
         for (from, m, dt) in steps {
@@ -841,7 +891,7 @@ fn new_peer_lists_apply_to_new_broadcasts() {
         acks: false,
         ..Config::default()
     };
-    let mut e = Engine::new(config, me, small, 1).unwrap();
+    let mut e = Engine::new(config, me, small, rng(1)).unwrap();
     let count = |e: &mut Engine| std::iter::from_fn(|| e.poll_output()).count();
     e.broadcast(T0, Bytes::from_static(b"a"), 0).unwrap();
     assert_eq!(count(&mut e), 2);
@@ -863,7 +913,7 @@ fn igyw_replies_from_peers_not_asked_are_ignored() {
         cleanup: true,
         ..Config::default()
     };
-    let mut e = Engine::new(config.clone(), list.get(0).unwrap(), list.clone(), 1).unwrap();
+    let mut e = Engine::new(config.clone(), list.get(0).unwrap(), list.clone(), rng(1)).unwrap();
     let id = e.broadcast(T0, Bytes::from_static(b"a"), 0).unwrap();
     while e.poll_output().is_some() {}
     e.handle_timeout(config.cleanup_delay);

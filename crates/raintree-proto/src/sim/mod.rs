@@ -19,22 +19,31 @@
 //! process on a live host, is refused: the sender learns it one link latency later
 //! (`Failure::Refused`, fed to [`Engine::peer_unreachable`]).
 
+mod hostile;
 mod queue;
+mod seed;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ed25519_dalek::SigningKey;
+use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::broadcast::{Config, Engine, EngineError, Redundancy, SplitMix64, Stats};
+use crate::broadcast::{Config, EngineError, Redundancy, Stats};
 use crate::drive::{self, Sink};
 use crate::peers::{Address, PeerList};
 use crate::wire::{Message, MessageId, Strategy};
+pub use hostile::Hostile;
 use queue::{EventKind, Queue};
+use seed::SplitMix64;
+
+/// The simulator's engine: nonces from a small seeded generator, reproducible run to run.
+type Engine = crate::broadcast::Engine<SmallRng>;
 
 /// Most peer-list entries all partial views together may hold (20 bytes each: 400 MB).
 pub const PARTIAL_VIEW_ENTRY_LIMIT: u64 = 20_000_000;
@@ -74,6 +83,13 @@ pub struct SimConfig {
     pub churn_period: Duration,
     /// Time between broadcast starts; zero runs each after the previous one settles.
     pub interval: Duration,
+    /// Every node signs and verifies broadcasts with a real Ed25519 key (slower to set up:
+    /// a key per node); off, nothing is signed and `protocol.verify_signatures` is ignored.
+    pub signatures: bool,
+    /// Percentage of nodes that are hostile (never the originator nor a dead node).
+    pub hostile_percent: f64,
+    /// What hostile nodes do.
+    pub hostile: Hostile,
 }
 
 /// What a sender sees of a message to a node that is down.
@@ -106,6 +122,9 @@ impl Default for SimConfig {
             churn_percent: 0.0,
             churn_period: Duration::from_secs(1),
             interval: Duration::ZERO,
+            signatures: false,
+            hostile_percent: 0.0,
+            hostile: Hostile::Blackhole,
         }
     }
 }
@@ -156,6 +175,12 @@ pub struct ReportConfig {
     pub churn_period_ms: f64,
     /// Milliseconds between broadcast starts (0: each after the previous settles).
     pub interval_ms: f64,
+    /// Whether nodes sign and verify broadcasts.
+    pub signatures: bool,
+    /// Hostile nodes in percent.
+    pub hostile_percent: f64,
+    /// What hostile nodes do.
+    pub hostile: Hostile,
 }
 
 /// One broadcast's own figures.
@@ -169,6 +194,8 @@ pub struct BroadcastReport {
     pub stable: usize,
     /// Stable nodes that had it.
     pub stable_covered: usize,
+    /// Honest nodes (neither dead nor hostile) that had it.
+    pub honest_covered: usize,
     /// Payload-bearing messages of this broadcast sent.
     pub sends: u64,
     /// Simulated milliseconds until every stable node had it; null if never.
@@ -184,6 +211,12 @@ pub struct Report {
     pub live: usize,
     /// Live nodes that had the message (originator included), worst broadcast.
     pub covered: usize,
+    /// Nodes neither dead nor hostile (the originator included).
+    pub honest: usize,
+    /// Honest nodes that had the message, worst broadcast.
+    pub honest_covered: usize,
+    /// Deliveries, at honest nodes, of copies forged by hostile nodes.
+    pub forged_deliveries: u64,
     /// Payload-bearing messages sent.
     pub sends: u64,
     /// ACKs sent.
@@ -290,6 +323,7 @@ fn validate(cfg: &SimConfig) -> Result<(), SimError> {
         ("dead percent", cfg.dead_percent),
         ("churn percent", cfg.churn_percent),
         ("partial view percent", cfg.partial_view_percent),
+        ("hostile percent", cfg.hostile_percent),
     ] {
         if !(0.0..=100.0).contains(&value) {
             return Err(SimError::BadPercent { name, value });
@@ -336,6 +370,8 @@ struct Sim<'a> {
     cfg: &'a SimConfig,
     config: Arc<Config>,
     list: Arc<PeerList>,
+    /// Each node's signing key by sorted position, when signatures are on.
+    keys: Option<Vec<SigningKey>>,
     engines: Vec<Option<Box<Engine>>>,
     /// Engine instances each node has had: a restarted node gets a fresh seed.
     restarts: Vec<u32>,
@@ -359,6 +395,14 @@ struct Sim<'a> {
     by_id: HashMap<MessageId, usize>,
     /// Engine counters of nodes whose engine was dropped by a crash.
     crashed_stats: Stats,
+    hostile: Vec<bool>,
+    /// Ids of copies forged by hostile nodes.
+    forged: HashSet<MessageId>,
+    forged_deliveries: u64,
+    /// Gossip a hostile node's engine produced but the node did not send.
+    withheld: u64,
+    /// Gossip hostile nodes made up and sent.
+    injected: u64,
 }
 
 /// Node `i`'s outputs, as the simulator takes them (through [`drive::drain`]).
@@ -369,16 +413,34 @@ struct NodeOut<'s, 'a> {
 
 impl Sink for NodeOut<'_, '_> {
     fn send(&mut self, to: Address, message: Message) {
-        self.sim.send(self.i, to, message);
+        let (sim, i) = (&mut *self.sim, self.i);
+        if !sim.hostile[i] {
+            sim.send(i, to, message);
+            return;
+        }
+        // A hostile node's sends pass through its behaviour first.
+        let n = sim.cfg.nodes;
+        let d = sim.list.position(&to).map_or(0, |j| (j + n - i) % n);
+        let gossip = matches!(message, Message::Gossip(_));
+        match hostile::rewrite(sim.cfg.hostile, message, d, n) {
+            Some(m) => sim.send(i, to, m),
+            None => sim.withheld += u64::from(gossip),
+        }
     }
 
     fn deliver(&mut self, id: MessageId, _: Bytes, _: u64, hops: u32) {
-        let sim = &mut *self.sim;
+        let (sim, i) = (&mut *self.sim, self.i);
         sim.deliveries += 1;
         sim.max_hops = sim.max_hops.max(hops);
+        if sim.forged.contains(&id) && !sim.hostile[i] {
+            sim.forged_deliveries += 1;
+        }
         if let Some(&b) = sim.by_id.get(&id) {
             let t = &mut sim.tracked[b];
-            t.had_at[self.i] = t.had_at[self.i].min(sim.now);
+            t.had_at[i] = t.had_at[i].min(sim.now);
+            if sim.hostile[i] {
+                sim.inject(i, id);
+            }
         }
     }
 }
@@ -386,7 +448,26 @@ impl Sink for NodeOut<'_, '_> {
 impl<'a> Sim<'a> {
     fn new(cfg: &'a SimConfig) -> Self {
         let n = cfg.nodes;
-        let list = Arc::new(PeerList::new((0..n as u64).map(Address::from_index)));
+        let keys = cfg.signatures.then(|| {
+            let mut keys: Vec<(Address, SigningKey)> = (0..n as u64)
+                .map(|i| {
+                    let mut b = [0u8; 32];
+                    b[..8].copy_from_slice(&sub_seed(cfg.seed, 1 << 48 | i).to_le_bytes());
+                    b[8..16].copy_from_slice(&i.to_le_bytes());
+                    let k = SigningKey::from_bytes(&b);
+                    (Address::from_public_key(&k.verifying_key().to_bytes()), k)
+                })
+                .collect();
+            keys.sort_by_key(|(a, _)| *a);
+            keys
+        });
+        let list = Arc::new(match &keys {
+            Some(k) => PeerList::new(k.iter().map(|(a, _)| *a)),
+            None => PeerList::new((0..n as u64).map(Address::from_index)),
+        });
+        let keys = keys.map(|k| k.into_iter().map(|(_, k)| k).collect());
+        let mut protocol = cfg.protocol.clone();
+        protocol.verify_signatures = cfg.signatures;
         let mut dead = vec![false; n];
         let dead_count = ((n as f64) * cfg.dead_percent / 100.0).round() as usize;
         let mut others: Vec<usize> = (0..n).filter(|&i| i != cfg.originator).collect();
@@ -395,10 +476,22 @@ impl<'a> Sim<'a> {
         for &i in picked.iter() {
             dead[i] = true;
         }
+        let mut hostile = vec![false; n];
+        let hostile_count = ((n as f64) * cfg.hostile_percent / 100.0).round() as usize;
+        let mut candidates: Vec<usize> = (0..n)
+            .filter(|&i| i != cfg.originator && !dead[i])
+            .collect();
+        let mut hostile_rng = ChaCha8Rng::seed_from_u64(sub_seed(cfg.seed, 4));
+        let k = hostile_count.min(candidates.len());
+        let (picked, _) = candidates.partial_shuffle(&mut hostile_rng, k);
+        for &i in picked.iter() {
+            hostile[i] = true;
+        }
         Sim {
             cfg,
-            config: Arc::new(cfg.protocol.clone()),
+            config: Arc::new(protocol),
             list,
+            keys,
             engines: (0..n).map(|_| None).collect(),
             restarts: vec![0; n],
             dead,
@@ -417,6 +510,11 @@ impl<'a> Sim<'a> {
             tracked: Vec::new(),
             by_id: HashMap::new(),
             crashed_stats: Stats::default(),
+            hostile,
+            forged: HashSet::new(),
+            forged_deliveries: 0,
+            withheld: 0,
+            injected: 0,
         }
     }
 
@@ -448,7 +546,11 @@ impl<'a> Sim<'a> {
             self.cfg.seed,
             1 << 40 | u64::from(self.restarts[i]) << 32 | i as u64,
         );
-        let e = Engine::with_shared_config(self.config.clone(), me, self.view(i), seed)?;
+        let rng = SmallRng::seed_from_u64(seed);
+        let mut e = Engine::with_shared_config(self.config.clone(), me, self.view(i), rng)?;
+        if let Some(keys) = &self.keys {
+            e = e.with_signing_key(keys[i].clone())?;
+        }
         Ok(Box::new(e))
     }
 
@@ -638,6 +740,64 @@ impl<'a> Sim<'a> {
         }
     }
 
+    /// Made-up copies counted in `sends` (payload-bearing gossip; flood directs are not).
+    fn injected_gossip(&self) -> u64 {
+        if self.cfg.hostile == Hostile::Forge {
+            self.injected
+        } else {
+            0
+        }
+    }
+
+    /// A forging or flooding node `i` that just got broadcast `id` sends its own copies.
+    fn inject(&mut self, i: usize, id: MessageId) {
+        let forge = match self.cfg.hostile {
+            Hostile::Forge => true,
+            Hostile::Flood => false,
+            _ => return,
+        };
+        let n = self.cfg.nodes;
+        let me = self.list.as_slice()[i];
+        for _ in 0..hostile::INJECTIONS {
+            let j = self.rng.gen_range(0..n);
+            if j == i {
+                continue;
+            }
+            let id = MessageId {
+                origin: if forge { id.origin } else { me },
+                nonce: self.rng.gen(),
+            };
+            let payload = Bytes::from_static(b"not from the origin");
+            let origin_time_us = self.now / 1000;
+            let strategy = self.config.strategy;
+            // Signed with the hostile node's own key: valid for its own (flood) ids, a
+            // forgery in another's name.
+            let signature = self.keys.as_ref().map(|k| {
+                let hash = crate::wire::payload_hash(&payload);
+                crate::broadcast::sign_for_sim(&k[i], &id, origin_time_us, strategy, &hash)
+            });
+            self.injected += 1;
+            let to = self.list.as_slice()[j];
+            if !forge {
+                // Fresh ids of its own, each delivered wherever it lands and never forwarded.
+                self.send(i, to, Message::Direct { id, payload });
+                continue;
+            }
+            self.forged.insert(id);
+            let g = crate::wire::Gossip {
+                id,
+                level_or_range: u32::from(strategy == Strategy::Exact),
+                strategy,
+                route: crate::wire::Route::Tree,
+                origin_time_us,
+                hops: 1,
+                payload,
+                signature,
+            };
+            self.send(i, to, Message::Gossip(g));
+        }
+    }
+
     fn link_delay(&mut self) -> u64 {
         let jitter = nanos(self.cfg.jitter);
         let extra = if jitter > 0 {
@@ -697,6 +857,9 @@ impl<'a> Sim<'a> {
         });
         BroadcastReport {
             covered: (0..n).filter(|&i| had(i)).count(),
+            honest_covered: (0..n)
+                .filter(|&i| had(i) && !self.hostile[i] && !self.dead[i])
+                .count(),
             live: t.live,
             stable: stable.len(),
             stable_covered,
@@ -728,11 +891,22 @@ impl<'a> Sim<'a> {
             .iter()
             .try_fold(0.0f64, |w, r| r.time_to_full_ms.map(|t| w.max(t)));
         let live = (0..c.nodes).filter(|&i| !self.dead[i]).count();
+        let honest = (0..c.nodes)
+            .filter(|&i| !self.dead[i] && !self.hostile[i])
+            .count();
+        let honest_covered = per_broadcast
+            .iter()
+            .map(|r| r.honest_covered)
+            .min()
+            .unwrap_or(0);
         Report {
             nodes: c.nodes,
             live,
             covered,
-            sends: s.gossip_sent,
+            honest,
+            honest_covered,
+            forged_deliveries: self.forged_deliveries,
+            sends: s.gossip_sent - self.withheld + self.injected_gossip(),
             acks: s.acks_sent,
             resends: s.resends,
             igyw: s.igyw_sent,
@@ -764,6 +938,9 @@ impl<'a> Sim<'a> {
                 churn_percent: c.churn_percent,
                 churn_period_ms: c.churn_period.as_secs_f64() * 1e3,
                 interval_ms: c.interval.as_secs_f64() * 1e3,
+                signatures: c.signatures,
+                hostile_percent: c.hostile_percent,
+                hostile: c.hostile,
             },
             unreachable: s.unreachable,
             skips: s.skips,

@@ -163,6 +163,11 @@ impl Sink for Outputs<'_> {
         self.transport.write(to, message);
     }
 
+    fn misbehaved(&mut self, peer: Address, reason: &'static str) {
+        // Counted in the engine's stats; scoring the connection is the transport's.
+        tracing::debug!(%peer, reason, "peer misbehaved");
+    }
+
     fn deliver(&mut self, id: MessageId, payload: Bytes, origin_time_us: u64, hops: u32) {
         let now = unix_micros();
         if origin_time_us > 0 && now >= origin_time_us {

@@ -189,8 +189,20 @@ impl Node {
         node_metrics.register(&mut registry);
         node_metrics.set_peers(list.len());
 
-        let seed = seed.unwrap_or_else(rand::random);
-        let engine = broadcast::Engine::new(protocol, address, list, seed)?;
+        // Nonces from a CSPRNG seeded by the OS, so an observed id cannot predict the next one;
+        // a fixed seed (deterministic simulations only) replays them.
+        let rng = match seed {
+            Some(s) => <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(s),
+            None => <rand::rngs::StdRng as rand::SeedableRng>::from_entropy(),
+        };
+        let signing_key = ed25519_dalek::SigningKey::from_bytes(&identity.secret_bytes());
+        // A node always checks origins, whatever the config says (SPEC 7).
+        let protocol = broadcast::Config {
+            verify_signatures: true,
+            ..protocol
+        };
+        let engine =
+            broadcast::Engine::new(protocol, address, list, rng)?.with_signing_key(signing_key)?;
         let (transport, events) = Transport::bind(identity, transport, transport_metrics).await?;
 
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
