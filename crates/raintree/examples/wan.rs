@@ -15,9 +15,18 @@ fn usage() -> ! {
     eprintln!(
         "usage: wan [--nodes N] [--latency-ms MS] [--jitter-ms MS] [--loss-percent P] \
          [--scenario steady|partition|crash|slow-app|peer-change] [--messages M] \
-         [--interval-ms MS] [--payload BYTES] [--seed S] [--json]"
+         [--interval-ms MS] [--payload BYTES] [--seed S] [--acks on|off] [--cleanup on|off] \
+         [--redundancy off|left|right|both] [--json]"
     );
     std::process::exit(2)
+}
+
+fn on_off(v: &str) -> bool {
+    match v {
+        "on" => true,
+        "off" => false,
+        _ => usage(),
+    }
 }
 
 fn main() {
@@ -41,6 +50,9 @@ fn main() {
             "--interval-ms" => cfg.interval = Duration::from_millis(num(&value)),
             "--payload" => cfg.payload = num(&value) as usize,
             "--seed" => cfg.seed = num(&value),
+            "--cleanup" => cfg.protocol.cleanup = on_off(&value),
+            "--acks" => cfg.protocol.acks = on_off(&value),
+            "--redundancy" => cfg.protocol.redundancy = value.parse().unwrap_or_else(|_| usage()),
             _ => usage(),
         }
     }
@@ -69,6 +81,9 @@ pub fn to_json(cfg: &WanConfig, r: &Report) -> serde_json::Value {
         "loss_percent": cfg.loss_percent,
         "seed": cfg.seed,
         "strategy": cfg.protocol.strategy.to_string(),
+        "acks": cfg.protocol.acks,
+        "cleanup": cfg.protocol.cleanup,
+        "redundancy": cfg.protocol.redundancy.to_string(),
         "coverage": r.coverage,
         "min_message_coverage": r.min_message_coverage,
         "complete_messages": r.complete_messages,
