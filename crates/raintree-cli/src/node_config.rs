@@ -55,6 +55,8 @@ pub struct FileConfig {
     pub igyw_timeout_ms: u64,
     /// Silent neighbours skipped before the chain gives up. Default 8.
     pub igyw_skip_limit: u32,
+    /// HAVE answers in a row the chain passes before it stops (docs/HOSTILE.md). Default 4.
+    pub igyw_have_limit: u32,
     /// Message ids remembered for dedup. Default 65536.
     pub seen_capacity: usize,
     /// How long a message id is remembered, in seconds. Default 120.
@@ -99,6 +101,7 @@ impl Default for FileConfig {
             cleanup_delay_ms: ms(p.cleanup_delay),
             igyw_timeout_ms: ms(p.igyw_timeout),
             igyw_skip_limit: p.igyw_skip_limit,
+            igyw_have_limit: p.igyw_have_limit,
             seen_capacity: p.seen_capacity,
             seen_ttl_s: p.seen_ttl.as_secs(),
             max_payload_bytes: p.max_payload,
@@ -226,6 +229,7 @@ impl FileConfig {
             cleanup: self.cleanup,
             igyw_timeout: Duration::from_millis(self.igyw_timeout_ms),
             igyw_skip_limit: self.igyw_skip_limit,
+            igyw_have_limit: self.igyw_have_limit,
             cleanup_delay: Duration::from_millis(self.cleanup_delay_ms),
             seen_capacity: self.seen_capacity,
             seen_ttl: Duration::from_secs(self.seen_ttl_s),
