@@ -39,6 +39,14 @@ impl RttEstimate {
     fn rto(&self) -> Duration {
         self.srtt.saturating_add(self.rttvar.saturating_mul(4))
     }
+
+    /// `4 * SRTT + 4 * RTTVAR`: a first send to a peer may wait for a TCP connect and the
+    /// Noise handshake (about three round trips) before its own round trip starts.
+    fn first_contact(&self) -> Duration {
+        self.srtt
+            .saturating_mul(4)
+            .saturating_add(self.rttvar.saturating_mul(4))
+    }
 }
 
 /// A send whose answer (ACK or IGYW reply) is awaited, indexed by the peer it went to, so a
@@ -89,11 +97,15 @@ impl Liveness {
         d.clamp(self.config.min, self.config.max.max(self.config.min))
     }
 
-    /// How long an answer from `peer` may take: its own estimate, else the node-wide one,
-    /// else the configured initial deadline.
+    /// How long an answer from `peer` may take: its own estimate; else, for a first contact,
+    /// the node-wide estimate with room for setting up a connection; else the configured
+    /// initial deadline.
     pub fn deadline(&self, peer: &Address) -> Duration {
-        match self.peers.get(peer).and_then(|h| h.rtt).or(self.overall) {
-            Some(est) => self.clamp(est.rto()),
+        if let Some(own) = self.peers.get(peer).and_then(|h| h.rtt) {
+            return self.clamp(own.rto());
+        }
+        match self.overall {
+            Some(est) => self.clamp(est.first_contact()),
             None => self.config.initial,
         }
     }
@@ -222,8 +234,9 @@ mod tests {
         l.sample(a, ms(100));
         // First sample: SRTT = R, RTTVAR = R/2, RTO = R + 4 * R/2.
         assert_eq!(l.deadline(&a), ms(300));
-        // A peer never measured borrows the node-wide estimate.
-        assert_eq!(l.deadline(&b), ms(300));
+        // A peer never measured borrows the node-wide estimate, with room for a connection
+        // set-up: 4 * 100 + 4 * 50.
+        assert_eq!(l.deadline(&b), ms(600));
         l.sample(a, ms(100));
         // RTTVAR = 3/4 * 50 + 1/4 * 0 = 37.5; SRTT stays 100.
         assert_eq!(l.deadline(&a), Duration::from_micros(250_000));
