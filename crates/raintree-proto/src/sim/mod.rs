@@ -402,6 +402,9 @@ struct Sim<'a> {
     withheld: u64,
     /// Gossip hostile nodes made up and sent.
     injected: u64,
+    /// The range an inflating node's engine really gave each copy, by (id, from, to): it maps
+    /// the ACK back, so the attacker's own bookkeeping stays straight (it does not re-split).
+    inflated: HashMap<(MessageId, usize, usize), u32>,
 }
 
 impl<'a> Sim<'a> {
@@ -474,6 +477,7 @@ impl<'a> Sim<'a> {
             forged_deliveries: 0,
             withheld: 0,
             injected: 0,
+            inflated: HashMap::new(),
         }
     }
 
@@ -655,6 +659,12 @@ impl<'a> Sim<'a> {
             self.reads[to] += 1;
             self.copies += 1;
         }
+        let mut msg = msg;
+        if let Message::Ack { id, level_or_range } = &mut msg {
+            if let Some(lor) = self.inflated.get(&(*id, to, from)) {
+                *level_or_range = *lor;
+            }
+        }
         let mut engine = self.take_engine(to)?;
         let from_addr = self.list.as_slice()[from];
         // A refused message is counted in the engine's stats; the run goes on.
@@ -693,7 +703,13 @@ impl<'a> Sim<'a> {
             match out {
                 Output::Send { to, message } if self.hostile[i] => {
                     let n = self.cfg.nodes;
-                    let d = self.list.position(&to).map_or(0, |j| (j + n - i) % n);
+                    let j = self.list.position(&to).unwrap_or(i);
+                    let d = (j + n - i) % n;
+                    if let Message::Gossip(g) = &message {
+                        if self.cfg.hostile == Hostile::Inflate {
+                            self.inflated.insert((g.id, i, j), g.level_or_range);
+                        }
+                    }
                     let gossip = matches!(message, Message::Gossip(_));
                     match hostile::rewrite(self.cfg.hostile, message, d, n) {
                         Some(m) => self.send(i, to, m),
