@@ -393,6 +393,9 @@ impl<R: RngCore> Engine<R> {
             });
         }
         let id = g.id;
+        // The ACK echoes what was received, so that a correct sender whose peer list differs
+        // from ours (and whose range we cut) still matches it.
+        let received_lor = g.level_or_range;
         if matches!(g.route, Route::Tree | Route::Resend) {
             let (peers, my_pos) = match self.seen.get(&id) {
                 Some(e) => (e.peers.clone(), e.my_pos),
@@ -451,7 +454,7 @@ impl<R: RngCore> Engine<R> {
                 from,
                 Message::Ack {
                     id,
-                    level_or_range: g.level_or_range,
+                    level_or_range: received_lor,
                 },
             );
         }

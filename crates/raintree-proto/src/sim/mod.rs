@@ -403,6 +403,9 @@ struct Sim<'a> {
     withheld: u64,
     /// Gossip hostile nodes made up and sent.
     injected: u64,
+    /// The range an inflating node's engine really gave each copy, by (id, from, to): it maps
+    /// the ACK back, so the attacker's own bookkeeping stays straight (it does not re-split).
+    inflated: HashMap<(MessageId, usize, usize), u32>,
 }
 
 /// Node `i`'s outputs, as the simulator takes them (through [`drive::drain`]).
@@ -420,7 +423,13 @@ impl Sink for NodeOut<'_, '_> {
         }
         // A hostile node's sends pass through its behaviour first.
         let n = sim.cfg.nodes;
-        let d = sim.list.position(&to).map_or(0, |j| (j + n - i) % n);
+        let j = sim.list.position(&to).unwrap_or(i);
+        let d = (j + n - i) % n;
+        if let Message::Gossip(g) = &message {
+            if sim.cfg.hostile == Hostile::Inflate {
+                sim.inflated.insert((g.id, i, j), g.level_or_range);
+            }
+        }
         let gossip = matches!(message, Message::Gossip(_));
         match hostile::rewrite(sim.cfg.hostile, message, d, n) {
             Some(m) => sim.send(i, to, m),
@@ -515,6 +524,7 @@ impl<'a> Sim<'a> {
             forged_deliveries: 0,
             withheld: 0,
             injected: 0,
+            inflated: HashMap::new(),
         }
     }
 
@@ -695,6 +705,12 @@ impl<'a> Sim<'a> {
         if matches!(msg, Message::Gossip(_) | Message::Direct { .. }) {
             self.reads[to] += 1;
             self.copies += 1;
+        }
+        let mut msg = msg;
+        if let Message::Ack { id, level_or_range } = &mut msg {
+            if let Some(lor) = self.inflated.get(&(*id, to, from)) {
+                *level_or_range = *lor;
+            }
         }
         let mut engine = self.take_engine(to)?;
         let from_addr = self.list.as_slice()[from];
