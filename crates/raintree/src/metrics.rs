@@ -11,7 +11,7 @@ type CounterRow = (&'static str, &'static str, fn(&Stats) -> u64);
 
 /// Every engine counter exported: its metric name, help text, and where its value sits in
 /// [`Stats`]. The one list of them here, so registering and syncing can never disagree.
-const COUNTERS: [CounterRow; 20] = [
+const COUNTERS: [CounterRow; 21] = [
     ("broadcasts", "Broadcasts originated by this node", |s| {
         s.broadcasts
     }),
@@ -85,6 +85,11 @@ const COUNTERS: [CounterRow; 20] = [
         "resplits",
         "Failed parts of the exact tree re-split among their remaining nodes",
         |s| s.resplits,
+    ),
+    (
+        "repaid",
+        "Messages offered again to a peer that failed to take them, once it was heard from",
+        |s| s.repaid,
     ),
     (
         "forged_messages",

@@ -220,8 +220,12 @@ impl<R: RngCore> Engine<R> {
         from: Address,
         msg: Message,
     ) -> Result<(), EngineError> {
-        // Anything from a peer shows it is up, whatever the message.
-        self.core.live.heard_from(&from);
+        // Anything from a peer shows it is up, whatever the message; what it missed while it
+        // was failing is offered to it again.
+        let owed = self.core.live.heard_from(&from);
+        for (id, seq) in owed {
+            self.repay(now, from, id, seq);
+        }
         let r = match msg {
             Message::Gossip(g) => self.on_gossip(now, from, g),
             Message::Ack { id, level_or_range } => {
@@ -243,6 +247,23 @@ impl<R: RngCore> Engine<R> {
         };
         self.prune_stale();
         r
+    }
+
+    /// Offers `peer` the message `id` it failed to take earlier, if this node still holds it.
+    fn repay(&mut self, now: Duration, peer: Address, id: MessageId, seq: u64) {
+        let Some(e) = self.seen.get_mut(&id) else {
+            return;
+        };
+        if e.seq != seq || e.owed == 0 {
+            return;
+        }
+        e.owed -= 1;
+        if e.holds_payload {
+            self.core.stats.repaid += 1;
+            let leaf = self.core.leaf_lor();
+            self.core.probe(now, id, e, peer, leaf);
+        }
+        self.core.release_if_idle(e);
     }
 
     /// The transport says `peer` cannot be reached (dial refused or failed, connection reset,
@@ -1082,6 +1103,8 @@ impl Core {
         if self.live.suspect(p.to, now) {
             self.stats.suspicions += 1;
         }
+        // The failed node itself gets the message when it is heard from again.
+        self.owe(id, e, p.to);
         match self.config.strategy {
             Strategy::Reference => {
                 self.resend_to_neighbours(id, e, p.offset, p.level_or_range);
@@ -1180,7 +1203,7 @@ impl Core {
     /// An offer got no reply or its peer is unreachable.
     fn offer_failed(&mut self, now: Duration, id: MessageId, e: &mut Entry, o: Offer) {
         match o.kind {
-            OfferKind::Probe { .. } => {}
+            OfferKind::Probe { .. } => self.owe(id, e, o.to),
             OfferKind::Chain => {
                 e.igyw.skipped += 1;
                 if e.igyw.skipped > self.config.igyw_skip_limit {
@@ -1330,8 +1353,24 @@ impl Core {
     }
 
     /// Drops the payload once no duty can send it again; a later copy brings it back.
+    /// Remembers that `to` failed to take message `id`, keeping its payload for it.
+    fn owe(&mut self, id: MessageId, e: &mut Entry, to: Address) {
+        e.owed += 1;
+        // Past the per-peer bound the oldest is left to clean-up; its entry still goes at its
+        // age limit (the count only keeps the payload until then).
+        let _dropped = self.live.owe(to, id, e.seq);
+    }
+
+    /// How a leaf copy is marked: delivered, forwarded nowhere.
+    fn leaf_lor(&self) -> u32 {
+        match self.config.strategy {
+            Strategy::Reference => 0,
+            Strategy::Exact => 1,
+        }
+    }
+
     fn release_if_idle(&mut self, e: &mut Entry) {
-        if !e.busy() {
+        if !e.busy() && e.owed == 0 {
             e.payload = Bytes::new();
             e.holds_payload = false;
         }

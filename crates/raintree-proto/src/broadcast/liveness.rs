@@ -7,7 +7,7 @@
 //! offer), whose answer clears the suspicion. Suspicion also lapses on its own after
 //! `suspicion_ttl`, so a peer that comes back is used again at the latest then.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use crate::peers::{Address, PeerList};
@@ -64,7 +64,12 @@ struct Health {
     rtt: Option<RttEstimate>,
     suspected_until: Option<Duration>,
     awaited: Vec<Awaited>,
+    /// Messages given up on this peer, newest last: offered to it when it is heard from.
+    owed: VecDeque<(MessageId, u64)>,
 }
+
+/// Most messages remembered as owed to one failed peer; older ones are left to clean-up.
+pub(crate) const OWED_PER_PEER: usize = 256;
 
 /// Deadline bounds and suspicion lifetime, copied from the engine config.
 #[derive(Clone, Copy, Debug)]
@@ -158,11 +163,26 @@ impl Liveness {
         fresh
     }
 
-    /// `peer` answered: it is used again at once.
-    pub fn heard_from(&mut self, peer: &Address) {
-        if let Some(h) = self.peers.get_mut(peer) {
-            h.suspected_until = None;
+    /// `peer` answered: it is used again at once, and gets back what it is owed (message id
+    /// and seen-entry number of each).
+    pub fn heard_from(&mut self, peer: &Address) -> VecDeque<(MessageId, u64)> {
+        match self.peers.get_mut(peer) {
+            Some(h) => {
+                h.suspected_until = None;
+                std::mem::take(&mut h.owed)
+            }
+            None => VecDeque::new(),
         }
+    }
+
+    /// Remembers that `peer` failed to take message `id` (seen-entry `seq`); returns the entry
+    /// that fell off the end to stay within [`OWED_PER_PEER`], if any.
+    pub fn owe(&mut self, peer: Address, id: MessageId, seq: u64) -> Option<(MessageId, u64)> {
+        let h = self.peers.entry(peer).or_default();
+        h.owed.push_back((id, seq));
+        (h.owed.len() > OWED_PER_PEER)
+            .then(|| h.owed.pop_front())
+            .flatten()
     }
 
     /// Remembers that an answer from `peer` is awaited for `a`.
@@ -266,7 +286,13 @@ mod tests {
         assert!(l.is_suspected(&a, ms(9_999)));
         assert!(!l.is_suspected(&a, ms(10_001)), "suspicion lapses");
         l.suspect(a, ms(20_000));
-        l.heard_from(&a);
+        let id = MessageId {
+            origin: a,
+            nonce: 1,
+        };
+        assert_eq!(l.owe(a, id, 3), None);
+        assert_eq!(l.heard_from(&a), VecDeque::from([(id, 3)]));
+        assert!(l.heard_from(&a).is_empty(), "owed once");
         assert!(!l.is_suspected(&a, ms(20_001)));
     }
 

@@ -101,6 +101,8 @@ pub struct Stats {
     pub probes: u64,
     /// Failed parts of the exact tree re-split among their remaining nodes.
     pub resplits: u64,
+    /// Messages offered again to a peer that failed to take them, once it was heard from.
+    pub repaid: u64,
     /// Copies dropped as forged: a broadcast whose signature does not verify, a duplicate
     /// whose payload is not the one delivered, a direct message in another node's name.
     pub forged: u64,
@@ -135,6 +137,7 @@ impl Stats {
         self.skips += o.skips;
         self.probes += o.probes;
         self.resplits += o.resplits;
+        self.repaid += o.repaid;
         self.forged += o.forged;
         self.impossible += o.impossible;
         self.seen_full += o.seen_full;

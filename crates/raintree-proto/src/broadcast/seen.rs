@@ -108,6 +108,9 @@ pub(crate) struct Entry {
     /// IGYW offers (chain, window, probes) waiting for their replies.
     pub offers: Vec<Offer>,
     pub next_token: u32,
+    /// Peers this message is owed to: they failed while it was sent and get it when heard
+    /// from again, so its payload is kept (until its age limit, never longer).
+    pub owed: u32,
     /// The latest deadline of any timer of this message: the entry outlives it.
     pub latest_deadline: Duration,
 }
@@ -134,6 +137,7 @@ impl Entry {
             acks: Vec::new(),
             offers: Vec::new(),
             next_token: 0,
+            owed: 0,
             latest_deadline: Duration::ZERO,
         }
     }

@@ -608,6 +608,55 @@ fn a_peer_that_comes_back_answers_a_probe_and_is_used_again() {
 }
 
 #[test]
+fn a_peer_that_failed_gets_what_it_missed_when_heard_from_again() {
+    let mut net = Net::new(27, exact());
+    net.dead[9] = true;
+    net.engines[0]
+        .broadcast(T0, Bytes::from_static(b"x"), 0)
+        .unwrap();
+    net.run(T0);
+    net.run_timers(Duration::from_secs(5));
+    assert_eq!(net.delivered[9], 0);
+    // Back (a partition healed, a crashed node restarted): anything it says is enough.
+    net.dead[9] = false;
+    let nine = net.list.get(9).unwrap();
+    let hello = Message::IgywReply {
+        id: MessageId {
+            origin: nine,
+            nonce: 0,
+        },
+        want: false,
+    };
+    let t = Duration::from_secs(6);
+    net.engines[0].handle_message(t, nine, hello).unwrap();
+    net.drain(0);
+    net.run(t);
+    assert_eq!(
+        net.delivered[9], 1,
+        "the missed message is offered and taken"
+    );
+    assert_eq!(net.engines[0].stats().repaid, 1);
+    // Only once.
+    net.engines[0]
+        .handle_message(
+            t,
+            nine,
+            Message::Ack {
+                id: MessageId {
+                    origin: nine,
+                    nonce: 0,
+                },
+                level_or_range: 1,
+            },
+        )
+        .unwrap();
+    net.drain(0);
+    net.run(t);
+    assert_eq!(net.delivered[9], 1);
+    assert_eq!(net.engines[0].stats().repaid, 1);
+}
+
+#[test]
 fn suspicion_lapses_after_its_ttl() {
     let config = exact();
     let ttl = config.suspicion_ttl;
