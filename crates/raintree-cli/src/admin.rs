@@ -20,8 +20,9 @@ use raintree_proto::broadcast::Stats;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 
-/// Deliveries kept for `/deliveries`; older ones are forgotten.
-const DELIVERY_LOG: usize = 100_000;
+/// Deliveries kept for `/deliveries`; older ones are forgotten. Small, so a long-running node's
+/// memory levels off (a soak measures the node, not this log); readers page with the cursor.
+pub const DELIVERY_LOG: usize = 10_000;
 
 /// Most records one `/deliveries` answer carries; a client with a cursor asks again for more.
 pub const PAGE: usize = 10_000;

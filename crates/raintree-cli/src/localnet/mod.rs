@@ -281,8 +281,9 @@ async fn drive(args: &LocalnetArgs, fleet: &mut Fleet) -> Result<Outcome, String
             }),
         }
         progress.inc(1);
-        // A node keeps its last 100,000 deliveries; a very long run reads them before they go.
-        if (k + 1) % 50_000 == 0 {
+        // A node keeps only its last few thousand deliveries; a long run reads them before
+        // they go.
+        if (k + 1) % (crate::admin::DELIVERY_LOG * 2 / 5) == 0 {
             let watch: HashMap<MsgKey, usize> =
                 sent.iter().map(|(k, s)| (k.clone(), s.origin)).collect();
             deliveries.poll(&admin, fleet, &live, &watch).await;
