@@ -73,6 +73,13 @@ pub struct FileConfig {
     pub idle_timeout_s: u64,
     /// Per-peer send queue bound in bytes. Default 33554432 (32 MiB).
     pub queue_bytes: usize,
+    /// Misbehaviour score at which a peer is disconnected and banned; 0 turns bans off.
+    /// Default 100.
+    pub ban_threshold: f64,
+    /// Seconds a ban lasts. Default 600.
+    pub ban_duration_s: u64,
+    /// Seconds for a misbehaviour score to halve. Default 60.
+    pub score_half_life_s: u64,
     /// Seconds a graceful shutdown may spend draining queues. Default 5.
     pub shutdown_deadline_s: u64,
     /// The peer list; self may be listed.
@@ -110,6 +117,9 @@ impl Default for FileConfig {
             handshake_timeout_ms: ms(t.handshake_timeout),
             idle_timeout_s: t.idle_timeout.as_secs(),
             queue_bytes: t.queue_bytes,
+            ban_threshold: t.score.ban_threshold,
+            ban_duration_s: t.score.ban_duration.as_secs(),
+            score_half_life_s: t.score.half_life.as_secs(),
             shutdown_deadline_s: 5,
             peers: Vec::new(),
         }
@@ -180,6 +190,8 @@ impl FileConfig {
             ("max_inbound", cfg.max_inbound as u64),
             ("max_outbound", cfg.max_outbound as u64),
             ("queue_bytes", cfg.queue_bytes as u64),
+            ("ban_duration_s", cfg.ban_duration_s),
+            ("score_half_life_s", cfg.score_half_life_s),
             ("seen_capacity", cfg.seen_capacity as u64),
             ("max_payload_bytes", cfg.max_payload_bytes as u64),
         ];
@@ -187,6 +199,12 @@ impl FileConfig {
             return Err(ConfigError::Invalid {
                 field,
                 reason: "must be greater than 0".into(),
+            });
+        }
+        if !(cfg.ban_threshold >= 0.0 && cfg.ban_threshold.is_finite()) {
+            return Err(ConfigError::Invalid {
+                field: "ban_threshold",
+                reason: "must be a finite number >= 0".into(),
             });
         }
         if cfg.min_ack_timeout_ms > cfg.max_ack_timeout_ms {
@@ -258,6 +276,9 @@ impl FileConfig {
         t.idle_timeout = Duration::from_secs(self.idle_timeout_s);
         t.queue_bytes = self.queue_bytes;
         t.max_payload = self.max_payload_bytes;
+        t.score.ban_threshold = self.ban_threshold;
+        t.score.ban_duration = Duration::from_secs(self.ban_duration_s);
+        t.score.half_life = Duration::from_secs(self.score_half_life_s);
         Ok(cfg)
     }
 }

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
-use raintree_proto::broadcast::{Engine, Stats};
+use raintree_proto::broadcast::{Engine, EngineError, Stats};
 use raintree_proto::drive::{self, Input, Sink};
 use raintree_proto::wire::{Message, MessageId};
 use raintree_proto::Address;
@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{unix_micros, Command, Delivery, IncomingRequest};
 use crate::metrics::NodeMetrics;
-use crate::transport::{Event, Events, Transport};
+use crate::transport::{Event, Events, Offence, Transport};
 
 pub(super) struct Driver {
     pub engine: Engine,
@@ -115,6 +115,9 @@ impl Driver {
                 };
                 if let Err(e) = drive::apply(&mut self.engine, now, input) {
                     tracing::debug!(%peer, kind, error = %e, "message refused");
+                    if let Some(o) = offence(&e) {
+                        self.transport.penalise(peer, o);
+                    }
                 }
             }
             Event::Request {
@@ -145,6 +148,11 @@ impl Driver {
             Event::Refused { remote, reason } => {
                 tracing::info!(%remote, ?reason, "connection refused");
             }
+            Event::Banned { peer, ban } => {
+                tracing::info!(%peer, ?ban, "peer banned");
+                // Its subtree is routed around like a failed peer's until the ban ends.
+                let _ = drive::apply(&mut self.engine, now, Input::Unreachable(peer));
+            }
         }
     }
 }
@@ -164,8 +172,14 @@ impl Sink for Outputs<'_> {
     }
 
     fn misbehaved(&mut self, peer: Address, reason: &'static str) {
-        // Counted in the engine's stats; scoring the connection is the transport's.
         tracing::debug!(%peer, reason, "peer misbehaved");
+        // The engine's only report today is a cut range; anything else scores as a refusal.
+        let o = if reason.contains("range") {
+            Offence::ImpossibleRange
+        } else {
+            Offence::Refused
+        };
+        self.transport.penalise(peer, o);
     }
 
     fn deliver(&mut self, id: MessageId, payload: Bytes, origin_time_us: u64, hops: u32) {
@@ -241,6 +255,21 @@ impl DeliveryBuffer {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// What an engine refusal says about the sender; `None` for refusals about this node.
+fn offence(e: &EngineError) -> Option<Offence> {
+    match e {
+        EngineError::Forged(_) => Some(Offence::Forged),
+        EngineError::ImpossibleRange { .. } => Some(Offence::ImpossibleRange),
+        EngineError::StrategyMismatch { .. }
+        | EngineError::Unexpected(_)
+        | EngineError::PayloadTooLarge { .. } => Some(Offence::Refused),
+        // A full seen-set refuses honest forwarders of someone else's flood too.
+        EngineError::SeenSetFull | EngineError::NotInPeerList | EngineError::WrongSigningKey => {
+            None
         }
     }
 }

@@ -48,7 +48,7 @@ impl Inner {
         }
     }
 
-    fn refused(&self, remote: SocketAddr, reason: RefuseReason) {
+    pub(crate) fn refused(&self, remote: SocketAddr, reason: RefuseReason) {
         self.metrics().refuse(reason.label());
         tracing::debug!(%remote, ?reason, "inbound connection refused");
         // Never let a flood of refusals wait on the application.
@@ -83,6 +83,9 @@ impl Inner {
         };
         if est.remote == self.address {
             return self.refused(remote, RefuseReason::SelfConnection);
+        }
+        if self.is_banned(&est.remote) {
+            return self.refused(remote, RefuseReason::Banned(est.remote));
         }
         let peer = {
             let mut st = lock(&self.state);

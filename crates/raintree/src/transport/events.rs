@@ -26,6 +26,8 @@ pub enum RefuseReason {
     UnknownPeer(Address),
     /// The peer proved our own identity.
     SelfConnection,
+    /// The peer proved an identity that is banned for misbehaving.
+    Banned(Address),
 }
 
 impl RefuseReason {
@@ -37,6 +39,7 @@ impl RefuseReason {
             RefuseReason::HandshakeFailed(_) => "handshake_failed",
             RefuseReason::UnknownPeer(_) => "unknown_peer",
             RefuseReason::SelfConnection => "self_connection",
+            RefuseReason::Banned(_) => "banned",
         }
     }
 }
@@ -78,6 +81,14 @@ pub enum Event {
         /// was an ordinary decision (idle, duplicate or replaced connection, peer removed, our
         /// own shutdown), after which the peer is still reachable.
         lost: bool,
+    },
+    /// A peer's misbehaviour score crossed the threshold: its connection was closed and it is
+    /// banned for `ban`.
+    Banned {
+        /// The peer.
+        peer: Address,
+        /// How long the ban lasts.
+        ban: std::time::Duration,
     },
     /// An inbound connection was refused.
     Refused {

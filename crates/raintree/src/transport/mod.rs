@@ -26,6 +26,7 @@ mod metrics;
 mod queue;
 mod registry;
 mod requests;
+mod score;
 mod shutdown;
 mod tiebreak;
 
@@ -41,6 +42,7 @@ use raintree_proto::Address;
 pub use events::{Event, Events, RefuseReason, Responder};
 pub use identity::Identity;
 pub use metrics::TransportMetrics;
+pub use score::{Offence, ScoreConfig};
 pub use shutdown::ShutdownReport;
 
 use crate::net::Net;
@@ -83,6 +85,8 @@ pub struct TransportConfig {
     pub batch_bytes: usize,
     /// After sending Goodbye, how long to wait for the peer to close its side.
     pub linger: Duration,
+    /// Misbehaviour scores: ban threshold, ban duration, decay (see [`Offence::points`]).
+    pub score: ScoreConfig,
     /// The network the sockets live on: real TCP, or turmoil's simulation under test.
     pub net: Net,
 }
@@ -105,6 +109,7 @@ impl TransportConfig {
             event_capacity: 4096,
             batch_bytes: 256 * 1024,
             linger: Duration::from_secs(2),
+            score: ScoreConfig::default(),
             net: Net::default(),
         }
     }
@@ -171,6 +176,9 @@ pub enum SendError {
     /// `Responder` and `shutdown`); the caller may not send them.
     #[error("{0} messages are sent by the transport itself")]
     Reserved(&'static str),
+    /// The peer is banned for misbehaving; nothing is sent to it until the ban ends.
+    #[error("peer {0} is banned")]
+    Banned(Address),
     /// Dialling the peer would exceed `max_outbound`.
     #[error("outbound connection limit reached")]
     OutboundLimit,
@@ -250,6 +258,18 @@ impl Transport {
         if let Err(e) = self.inner.enqueue_app(peer, msg) {
             tracing::trace!(%peer, error = %e, "write dropped");
         }
+    }
+
+    /// Adds `offence` to `peer`'s misbehaviour score. Past `score.ban_threshold` the peer's
+    /// connection is closed at once (no Goodbye) and the peer is banned for
+    /// `score.ban_duration`: sends to it fail and its handshakes are refused.
+    pub fn penalise(&self, peer: Address, offence: Offence) {
+        self.inner.penalise(peer, offence);
+    }
+
+    /// True while `peer` is banned.
+    pub fn is_banned(&self, peer: Address) -> bool {
+        self.inner.is_banned(&peer)
     }
 
     /// Sends a request and waits up to `deadline` for its response.

@@ -20,6 +20,7 @@ use super::framing::max_frame_len;
 use super::handshake::{self, LocalKeys};
 use super::metrics::TransportMetrics;
 use super::queue::PeerQueue;
+use super::score::{Offence, Scores, Verdict};
 use super::tiebreak;
 use super::{lock, Identity, RequestError, SendError, TransportConfig, TransportError};
 use crate::net::{Listener, ReadHalf, WriteHalf};
@@ -91,6 +92,8 @@ pub(crate) struct Inner {
     /// What connections see: metrics, events, cancellation, settings.
     pub shared: Arc<Shared>,
     pub state: Mutex<State>,
+    /// Misbehaviour scores and bans, by peer.
+    pub scores: Mutex<Scores>,
     next_conn: AtomicU64,
     pub next_request: AtomicU64,
 }
@@ -150,6 +153,7 @@ impl Inner {
                 source,
             })?;
         let keys = LocalKeys::generate(&identity)?;
+        let score_config = config.score;
         let (tx, rx) = mpsc::channel(config.event_capacity);
         let address = identity.address();
         let mut book = config.peers.clone();
@@ -177,6 +181,7 @@ impl Inner {
                 book,
                 ..State::default()
             }),
+            scores: Mutex::new(Scores::new(score_config)),
             next_conn: AtomicU64::new(1),
             next_request: AtomicU64::new(1),
         });
@@ -222,6 +227,7 @@ impl Inner {
                 SendError::OutboundLimit => "outbound_limit",
                 SendError::Shutdown => "shutdown",
                 SendError::Reserved(_) => "reserved",
+                SendError::Banned(_) => "banned",
             });
         }
         r
@@ -260,6 +266,9 @@ impl Inner {
                     max: self.config.max_payload,
                 });
             }
+        }
+        if self.is_banned(&peer) {
+            return Err(SendError::Banned(peer));
         }
         let mut st = lock(&self.state);
         let dial_to = st.book.get(&peer).copied();
@@ -351,8 +360,20 @@ impl Inner {
         inbound: bool,
         slot: Slot,
     ) {
+        if self.is_banned(&peer.address) {
+            // Banned while this handshake ran: the socket closes here, unused.
+            if !inbound {
+                peer.lock().dialing = false;
+            }
+            tracing::debug!(peer = %peer.address, inbound, "connection to a banned peer dropped");
+            return;
+        }
         let dialer = if inbound { est.remote } else { self.address };
-        let conn = ConnRef::new(self.next_conn.fetch_add(1, Ordering::Relaxed), dialer);
+        let conn = ConnRef::new(
+            self.next_conn.fetch_add(1, Ordering::Relaxed),
+            dialer,
+            &self.shared.kill,
+        );
         let still_known = lock(&self.state).peers.contains_key(&peer.address);
         {
             let mut q = peer.lock();
@@ -387,6 +408,57 @@ impl Inner {
         .await;
     }
 
+    /// True while `peer` is banned.
+    pub(crate) fn is_banned(&self, peer: &Address) -> bool {
+        lock(&self.scores).is_banned(peer, Instant::now())
+    }
+
+    /// Scores `offence` against `peer`, banning it past the threshold.
+    pub(crate) fn penalise(self: &Arc<Self>, peer: Address, offence: Offence) {
+        let now = Instant::now();
+        let (verdict, banned) = {
+            let mut sc = lock(&self.scores);
+            let v = sc.penalise(peer, offence, now);
+            (v, sc.banned(now))
+        };
+        self.metrics().penalty(offence.label());
+        tracing::debug!(%peer, offence = offence.label(), "peer penalised");
+        if verdict == Verdict::Banned {
+            self.ban(peer, banned);
+        }
+    }
+
+    /// Cuts a freshly banned peer off: its current connection is torn down without Goodbye
+    /// (WIRE.md 5.1), its queue dropped and its requests failed.
+    fn ban(self: &Arc<Self>, peer: Address, banned: usize) {
+        let ban = self.config.score.ban_duration;
+        tracing::warn!(%peer, ?ban, "peer banned for misbehaving");
+        self.metrics().banned(banned);
+        let p = lock(&self.state).peers.get(&peer).cloned();
+        if let Some(p) = p {
+            let mut q = p.lock();
+            for _ in 0..q.queue.clear() {
+                self.metrics().drop_msg("banned");
+            }
+            q.fail_pending(RequestError::ConnectionClosed);
+            if let Some(c) = q.current.take() {
+                c.abort_with(conn::BANNED);
+            }
+        }
+        self.shared.events.try_emit(Event::Banned { peer, ban });
+        // The gauge follows the ban's end even if nothing else happens by then.
+        let inner = Arc::clone(self);
+        let closing = self.shared.events.closing.clone();
+        self.shared.tracker.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(ban) => {}
+                _ = closing.cancelled() => return,
+            }
+            let n = lock(&inner.scores).banned(Instant::now());
+            inner.metrics().set_banned(n);
+        });
+    }
+
     /// Called when connection `conn` of `peer` stops serving it; returns true if it was the
     /// current one.
     pub(crate) fn detach(&self, peer: &Peer, conn: u64) -> bool {
@@ -411,7 +483,11 @@ impl Inner {
         q.fail_pending(self.closed_error());
         let waiting = q.queue.len() > 0;
         let addr = st.book.get(&peer.address).copied();
-        if waiting && !q.dialing && !self.shared.kill.is_cancelled() {
+        if waiting
+            && !q.dialing
+            && !self.shared.kill.is_cancelled()
+            && !self.is_banned(&peer.address)
+        {
             if let Some(addr) = addr.filter(|_| st.outbound < self.config.max_outbound) {
                 st.outbound += 1;
                 q.dialing = true;
@@ -492,5 +568,9 @@ impl PoolLink for PeerLink {
 
     fn ended(&self, conn: u64) {
         self.inner.conn_ended(&self.peer, conn);
+    }
+
+    fn penalise(&self, offence: Offence) {
+        self.inner.penalise(self.peer.address, offence);
     }
 }
