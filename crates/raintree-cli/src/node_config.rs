@@ -73,6 +73,11 @@ pub struct FileConfig {
     pub idle_timeout_s: u64,
     /// Per-peer send queue bound in bytes. Default 33554432 (32 MiB).
     pub queue_bytes: usize,
+    /// New inbound connections per second per remote IP, on average; 0 turns the limit off.
+    /// Default 64.
+    pub handshake_rate_per_ip: f64,
+    /// New inbound connections one IP may open at once. Default 512.
+    pub handshake_burst_per_ip: u32,
     /// Misbehaviour score at which a peer is disconnected and banned; 0 turns bans off.
     /// Default 100.
     pub ban_threshold: f64,
@@ -117,6 +122,8 @@ impl Default for FileConfig {
             handshake_timeout_ms: ms(t.handshake_timeout),
             idle_timeout_s: t.idle_timeout.as_secs(),
             queue_bytes: t.queue_bytes,
+            handshake_rate_per_ip: t.handshake_limit.rate,
+            handshake_burst_per_ip: t.handshake_limit.burst,
             ban_threshold: t.score.ban_threshold,
             ban_duration_s: t.score.ban_duration.as_secs(),
             score_half_life_s: t.score.half_life.as_secs(),
@@ -201,10 +208,21 @@ impl FileConfig {
                 reason: "must be greater than 0".into(),
             });
         }
-        if !(cfg.ban_threshold >= 0.0 && cfg.ban_threshold.is_finite()) {
+        for (field, v) in [
+            ("ban_threshold", cfg.ban_threshold),
+            ("handshake_rate_per_ip", cfg.handshake_rate_per_ip),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: "must be a finite number >= 0".into(),
+                });
+            }
+        }
+        if cfg.handshake_rate_per_ip > 0.0 && cfg.handshake_burst_per_ip == 0 {
             return Err(ConfigError::Invalid {
-                field: "ban_threshold",
-                reason: "must be a finite number >= 0".into(),
+                field: "handshake_burst_per_ip",
+                reason: "must be greater than 0 while handshake_rate_per_ip is".into(),
             });
         }
         if cfg.min_ack_timeout_ms > cfg.max_ack_timeout_ms {
@@ -276,6 +294,8 @@ impl FileConfig {
         t.idle_timeout = Duration::from_secs(self.idle_timeout_s);
         t.queue_bytes = self.queue_bytes;
         t.max_payload = self.max_payload_bytes;
+        t.handshake_limit.rate = self.handshake_rate_per_ip;
+        t.handshake_limit.burst = self.handshake_burst_per_ip;
         t.score.ban_threshold = self.ban_threshold;
         t.score.ban_duration = Duration::from_secs(self.ban_duration_s);
         t.score.half_life = Duration::from_secs(self.score_half_life_s);

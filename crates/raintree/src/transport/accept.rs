@@ -37,6 +37,12 @@ impl Inner {
                     }
                 }
             };
+            // Before the slot and any crypto: a refused socket costs one accept and a close.
+            if !lock(&self.limiter).allow(remote.ip(), tokio::time::Instant::now()) {
+                drop(sock);
+                self.refused(remote, RefuseReason::RateLimited);
+                continue;
+            }
             let Some(slot) = Slot::inbound(&self) else {
                 drop(sock);
                 self.refused(remote, RefuseReason::InboundLimit);

@@ -18,6 +18,8 @@ use super::lock;
 pub enum RefuseReason {
     /// `max_inbound` connections were already open.
     InboundLimit,
+    /// The remote IP opened connections faster than `handshake_limit` allows.
+    RateLimited,
     /// The handshake did not finish within `handshake_timeout`.
     HandshakeTimeout,
     /// The handshake failed (the label says how).
@@ -35,6 +37,7 @@ impl RefuseReason {
     pub fn label(&self) -> &'static str {
         match self {
             RefuseReason::InboundLimit => "inbound_limit",
+            RefuseReason::RateLimited => "rate_limited",
             RefuseReason::HandshakeTimeout => "handshake_timeout",
             RefuseReason::HandshakeFailed(_) => "handshake_failed",
             RefuseReason::UnknownPeer(_) => "unknown_peer",

@@ -24,6 +24,7 @@ pub mod handshake;
 mod identity;
 mod metrics;
 mod queue;
+mod ratelimit;
 mod registry;
 mod requests;
 mod score;
@@ -42,6 +43,7 @@ use raintree_proto::Address;
 pub use events::{Event, Events, RefuseReason, Responder};
 pub use identity::Identity;
 pub use metrics::TransportMetrics;
+pub use ratelimit::HandshakeLimit;
 pub use score::{Offence, ScoreConfig};
 pub use shutdown::ShutdownReport;
 
@@ -85,6 +87,9 @@ pub struct TransportConfig {
     pub batch_bytes: usize,
     /// After sending Goodbye, how long to wait for the peer to close its side.
     pub linger: Duration,
+    /// New inbound connections allowed per remote IP (token bucket), checked before the
+    /// handshake.
+    pub handshake_limit: HandshakeLimit,
     /// Misbehaviour scores: ban threshold, ban duration, decay (see [`Offence::points`]).
     pub score: ScoreConfig,
     /// The network the sockets live on: real TCP, or turmoil's simulation under test.
@@ -109,6 +114,7 @@ impl TransportConfig {
             event_capacity: 4096,
             batch_bytes: 256 * 1024,
             linger: Duration::from_secs(2),
+            handshake_limit: HandshakeLimit::default(),
             score: ScoreConfig::default(),
             net: Net::default(),
         }

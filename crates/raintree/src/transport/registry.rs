@@ -20,6 +20,7 @@ use super::framing::max_frame_len;
 use super::handshake::{self, LocalKeys};
 use super::metrics::TransportMetrics;
 use super::queue::PeerQueue;
+use super::ratelimit::Limiter;
 use super::score::{Offence, Scores, Verdict};
 use super::tiebreak;
 use super::{lock, Identity, RequestError, SendError, TransportConfig, TransportError};
@@ -94,6 +95,8 @@ pub(crate) struct Inner {
     pub state: Mutex<State>,
     /// Misbehaviour scores and bans, by peer.
     pub scores: Mutex<Scores>,
+    /// Handshake token buckets, by remote IP.
+    pub limiter: Mutex<Limiter>,
     next_conn: AtomicU64,
     pub next_request: AtomicU64,
 }
@@ -154,6 +157,7 @@ impl Inner {
             })?;
         let keys = LocalKeys::generate(&identity)?;
         let score_config = config.score;
+        let handshake_limit = config.handshake_limit;
         let (tx, rx) = mpsc::channel(config.event_capacity);
         let address = identity.address();
         let mut book = config.peers.clone();
@@ -182,6 +186,7 @@ impl Inner {
                 ..State::default()
             }),
             scores: Mutex::new(Scores::new(score_config)),
+            limiter: Mutex::new(Limiter::new(handshake_limit)),
             next_conn: AtomicU64::new(1),
             next_request: AtomicU64::new(1),
         });
