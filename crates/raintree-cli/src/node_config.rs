@@ -73,6 +73,10 @@ pub struct FileConfig {
     pub idle_timeout_s: u64,
     /// Per-peer send queue bound in bytes. Default 33554432 (32 MiB).
     pub queue_bytes: usize,
+    /// Send queue bound in bytes for all peers together. Default 134217728 (128 MiB).
+    pub total_queue_bytes: usize,
+    /// Payload bytes of received messages waiting for the node's driver. Default 67108864.
+    pub event_bytes: usize,
     /// New inbound connections per second per remote IP, on average; 0 turns the limit off.
     /// Default 64.
     pub handshake_rate_per_ip: f64,
@@ -122,6 +126,8 @@ impl Default for FileConfig {
             handshake_timeout_ms: ms(t.handshake_timeout),
             idle_timeout_s: t.idle_timeout.as_secs(),
             queue_bytes: t.queue_bytes,
+            total_queue_bytes: t.total_queue_bytes,
+            event_bytes: t.event_bytes,
             handshake_rate_per_ip: t.handshake_limit.rate,
             handshake_burst_per_ip: t.handshake_limit.burst,
             ban_threshold: t.score.ban_threshold,
@@ -197,6 +203,8 @@ impl FileConfig {
             ("max_inbound", cfg.max_inbound as u64),
             ("max_outbound", cfg.max_outbound as u64),
             ("queue_bytes", cfg.queue_bytes as u64),
+            ("total_queue_bytes", cfg.total_queue_bytes as u64),
+            ("event_bytes", cfg.event_bytes as u64),
             ("ban_duration_s", cfg.ban_duration_s),
             ("score_half_life_s", cfg.score_half_life_s),
             ("seen_capacity", cfg.seen_capacity as u64),
@@ -294,6 +302,8 @@ impl FileConfig {
         t.idle_timeout = Duration::from_secs(self.idle_timeout_s);
         t.queue_bytes = self.queue_bytes;
         t.max_payload = self.max_payload_bytes;
+        t.total_queue_bytes = self.total_queue_bytes;
+        t.event_bytes = self.event_bytes;
         t.handshake_limit.rate = self.handshake_rate_per_ip;
         t.handshake_limit.burst = self.handshake_burst_per_ip;
         t.score.ban_threshold = self.ban_threshold;

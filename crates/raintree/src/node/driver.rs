@@ -197,6 +197,14 @@ impl Sink for Outputs<'_> {
     }
 }
 
+/// What a waiting delivery costs against `delivery_buffer_bytes` beyond its payload, so a
+/// flood of empty payloads is bounded too.
+const DELIVERY_OVERHEAD: usize = 64;
+
+fn delivery_cost(d: &Delivery) -> usize {
+    d.payload.len() + DELIVERY_OVERHEAD
+}
+
 /// Deliveries accepted by the protocol that the application has not taken yet, in order.
 #[derive(Default)]
 struct DeliveryBuffer {
@@ -206,7 +214,7 @@ struct DeliveryBuffer {
 
 impl DeliveryBuffer {
     fn push(&mut self, d: Delivery) {
-        self.bytes += d.payload.len();
+        self.bytes += delivery_cost(&d);
         self.queue.push_back(d);
     }
 
@@ -221,7 +229,7 @@ impl DeliveryBuffer {
 
     fn send_one(&mut self, permit: mpsc::Permit<'_, Delivery>) {
         if let Some(d) = self.queue.pop_front() {
-            self.bytes -= d.payload.len();
+            self.bytes -= delivery_cost(&d);
             permit.send(d);
         }
     }
@@ -278,5 +286,44 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(nonce: u64, len: usize) -> Delivery {
+        Delivery {
+            id: MessageId {
+                origin: Address([1; 20]),
+                nonce,
+            },
+            payload: Bytes::from(vec![0u8; len]),
+            origin_time_us: 0,
+            hops: 1,
+        }
+    }
+
+    #[test]
+    fn waiting_deliveries_count_payload_and_overhead_until_the_channel_takes_them() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let mut b = DeliveryBuffer::default();
+        // Empty payloads still cost: a flood of them cannot grow the buffer unnoticed.
+        for n in 0..3 {
+            b.push(delivery(n, 0));
+        }
+        b.push(delivery(3, 1000));
+        assert_eq!(b.bytes, 4 * DELIVERY_OVERHEAD + 1000);
+        // The channel takes what fits its capacity; the rest stays counted here.
+        b.push_ready(&tx);
+        assert_eq!(b.bytes, 2 * DELIVERY_OVERHEAD + 1000);
+        assert_eq!(rx.try_recv().unwrap().id.nonce, 0);
+        b.push_ready(&tx);
+        assert_eq!(b.bytes, DELIVERY_OVERHEAD + 1000);
+        drop(rx);
+        b.push_ready(&tx);
+        assert!(b.is_empty());
+        assert_eq!(b.bytes, 0);
     }
 }

@@ -99,11 +99,7 @@ impl Inner {
             if !known && !self.config.open {
                 None
             } else {
-                Some(Inner::peer_entry(
-                    &mut st,
-                    est.remote,
-                    self.config.queue_bytes,
-                ))
+                Some(self.peer_entry(&mut st, est.remote))
             }
         };
         match peer {

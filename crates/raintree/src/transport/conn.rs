@@ -292,7 +292,7 @@ async fn read_loop(
                         payload,
                         responder: link.responder(id),
                     };
-                    shared.events.emit_via(events, ev).await;
+                    shared.events.emit_payload(events, ev).await;
                 }
                 Message::Response { id, payload } => {
                     if !link.complete(id, payload) {
@@ -301,7 +301,7 @@ async fn read_loop(
                 }
                 message => {
                     let ev = Event::Message { peer, message };
-                    shared.events.emit_via(events, ev).await;
+                    shared.events.emit_payload(events, ev).await;
                 }
             }
         }

@@ -75,6 +75,8 @@ pub struct TransportConfig {
     pub idle_timeout: Duration,
     /// Most bytes queued for one peer (payload plus a fixed per-message allowance).
     pub queue_bytes: usize,
+    /// Most bytes queued for all peers together, counted the same way.
+    pub total_queue_bytes: usize,
     /// Largest payload sent or accepted.
     pub max_payload: usize,
     /// Wait before redialling a peer after a failed dial; doubles per failure.
@@ -83,6 +85,9 @@ pub struct TransportConfig {
     pub max_dial_backoff: Duration,
     /// Events buffered for the application before readers wait for it.
     pub event_capacity: usize,
+    /// Payload bytes of unread `Message` and `Request` events before readers wait for the
+    /// application (one event larger than this still passes, alone).
+    pub event_bytes: usize,
     /// Most bytes a writer takes from its queue for one socket write.
     pub batch_bytes: usize,
     /// After sending Goodbye, how long to wait for the peer to close its side.
@@ -97,7 +102,8 @@ pub struct TransportConfig {
 }
 
 impl TransportConfig {
-    /// Defaults: 125 inbound / 125 outbound, 5 s handshake, 5 min idle, 32 MiB per peer.
+    /// Defaults: 125 inbound / 125 outbound, 5 s handshake, 5 min idle, 32 MiB per peer and
+    /// 128 MiB for all peers queued.
     pub fn new(listen: SocketAddr) -> Self {
         Self {
             listen,
@@ -108,10 +114,12 @@ impl TransportConfig {
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(300),
             queue_bytes: 32 * 1024 * 1024,
+            total_queue_bytes: 128 * 1024 * 1024,
             max_payload: wire::DEFAULT_MAX_PAYLOAD,
             dial_backoff: Duration::from_millis(250),
             max_dial_backoff: Duration::from_secs(30),
             event_capacity: 4096,
+            event_bytes: 64 * 1024 * 1024,
             batch_bytes: 256 * 1024,
             linger: Duration::from_secs(2),
             handshake_limit: HandshakeLimit::default(),
@@ -130,6 +138,11 @@ impl TransportConfig {
         }
         if self.event_capacity == 0 {
             return Err(TransportError::Config("event_capacity must be > 0".into()));
+        }
+        if self.event_bytes == 0 || self.event_bytes > u32::MAX as usize {
+            return Err(TransportError::Config(
+                "event_bytes must be between 1 and 4 GiB".into(),
+            ));
         }
         Ok(())
     }
@@ -167,6 +180,14 @@ pub enum SendError {
         peer: Address,
         /// Bytes already queued.
         queued: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// All peers' queues together hold `total_queue_bytes`; nothing was queued.
+    #[error("all queues full ({used} of {limit} bytes)")]
+    TotalQueueFull {
+        /// Bytes queued across every peer.
+        used: usize,
         /// The limit.
         limit: usize,
     },
@@ -226,7 +247,8 @@ impl Transport {
         config.check()?;
         let listener = accept::bind(config.net, config.listen).await?;
         let (inner, rx) = Inner::start(listener, identity, config, metrics)?;
-        Ok((Transport { inner }, Events { rx }))
+        let budget = Arc::clone(&inner.shared.events.budget);
+        Ok((Transport { inner }, Events { rx, budget }))
     }
 
     /// The address the listener is bound to.
@@ -271,6 +293,17 @@ impl Transport {
     /// `score.ban_duration`: sends to it fail and its handshakes are refused.
     pub fn penalise(&self, peer: Address, offence: Offence) {
         self.inner.penalise(peer, offence);
+    }
+
+    /// Payload bytes of events waiting for the application, as counted against `event_bytes`
+    /// (including any a reader waiting for room already holds).
+    pub fn event_bytes_in_flight(&self) -> usize {
+        self.inner.shared.events.budget.in_flight()
+    }
+
+    /// Bytes queued across every peer now, as counted against `total_queue_bytes`.
+    pub fn queued_bytes(&self) -> usize {
+        self.inner.budget.used()
     }
 
     /// True while `peer` is banned.

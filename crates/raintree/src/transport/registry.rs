@@ -15,11 +15,11 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use super::conn::{self, ConnRef, PoolLink, Shared};
-use super::events::{Emitter, Event, Responder, ResponseSink};
+use super::events::{Emitter, Event, EventBudget, Responder, ResponseSink};
 use super::framing::max_frame_len;
 use super::handshake::{self, LocalKeys};
 use super::metrics::TransportMetrics;
-use super::queue::PeerQueue;
+use super::queue::{Budget, Full, PeerQueue};
 use super::ratelimit::Limiter;
 use super::score::{Offence, Scores, Verdict};
 use super::tiebreak;
@@ -55,11 +55,11 @@ impl PeerState {
 }
 
 impl Peer {
-    fn new(address: Address, queue_bytes: usize) -> Self {
+    fn new(address: Address, queue_bytes: usize, budget: Arc<Budget>) -> Self {
         Self {
             address,
             q: Mutex::new(PeerState {
-                queue: PeerQueue::new(queue_bytes),
+                queue: PeerQueue::new(queue_bytes, budget),
                 current: None,
                 conns: 0,
                 dialing: false,
@@ -93,6 +93,8 @@ pub(crate) struct Inner {
     /// What connections see: metrics, events, cancellation, settings.
     pub shared: Arc<Shared>,
     pub state: Mutex<State>,
+    /// Bytes queued across every peer, against `total_queue_bytes`.
+    pub budget: Arc<Budget>,
     /// Misbehaviour scores and bans, by peer.
     pub scores: Mutex<Scores>,
     /// Handshake token buckets, by remote IP.
@@ -157,6 +159,7 @@ impl Inner {
             })?;
         let keys = LocalKeys::generate(&identity)?;
         let score_config = config.score;
+        let total_queue_bytes = config.total_queue_bytes;
         let handshake_limit = config.handshake_limit;
         let (tx, rx) = mpsc::channel(config.event_capacity);
         let address = identity.address();
@@ -164,7 +167,7 @@ impl Inner {
         book.remove(&address);
         let shared = Arc::new(Shared {
             metrics,
-            events: Emitter::new(tx),
+            events: Emitter::new(tx, EventBudget::new(config.event_bytes)),
             kill: Default::default(),
             tracker: TaskTracker::new(),
             lost: AtomicU64::new(0),
@@ -185,6 +188,7 @@ impl Inner {
                 book,
                 ..State::default()
             }),
+            budget: Budget::new(total_queue_bytes),
             scores: Mutex::new(Scores::new(score_config)),
             limiter: Mutex::new(Limiter::new(handshake_limit)),
             next_conn: AtomicU64::new(1),
@@ -206,13 +210,15 @@ impl Inner {
         self.shared.events.is_closing()
     }
 
-    /// The peer `address`, created if the peer book or `open` allows it.
-    pub(crate) fn peer_entry(st: &mut State, address: Address, queue_bytes: usize) -> Arc<Peer> {
-        Arc::clone(
-            st.peers
-                .entry(address)
-                .or_insert_with(|| Arc::new(Peer::new(address, queue_bytes))),
-        )
+    /// The peer `address`, created if absent (the caller checked the peer book or `open`).
+    pub(crate) fn peer_entry(&self, st: &mut State, address: Address) -> Arc<Peer> {
+        Arc::clone(st.peers.entry(address).or_insert_with(|| {
+            Arc::new(Peer::new(
+                address,
+                self.config.queue_bytes,
+                Arc::clone(&self.budget),
+            ))
+        }))
     }
 
     /// Queues `msg` for `peer` and dials if no connection serves it; `register` runs under
@@ -228,6 +234,7 @@ impl Inner {
             self.metrics().drop_msg(match e {
                 SendError::UnknownPeer(_) => "unknown_peer",
                 SendError::QueueFull { .. } => "queue_full",
+                SendError::TotalQueueFull { .. } => "total_queue_full",
                 SendError::PayloadTooLarge { .. } => "payload_too_large",
                 SendError::OutboundLimit => "outbound_limit",
                 SendError::Shutdown => "shutdown",
@@ -279,16 +286,20 @@ impl Inner {
         let dial_to = st.book.get(&peer).copied();
         let p = match st.peers.get(&peer) {
             Some(p) => Arc::clone(p),
-            None if dial_to.is_some() => Self::peer_entry(&mut st, peer, self.config.queue_bytes),
+            None if dial_to.is_some() => self.peer_entry(&mut st, peer),
             None => return Err(SendError::UnknownPeer(peer)),
         };
         let mut q = p.lock();
-        let full = |f: super::queue::Full| SendError::QueueFull {
-            peer,
-            queued: f.queued,
-            limit: self.config.queue_bytes,
+        let full = |f: Full| match f {
+            Full::Peer { queued } => SendError::QueueFull {
+                peer,
+                queued,
+                limit: self.config.queue_bytes,
+            },
+            Full::Total { used, limit } => SendError::TotalQueueFull { used, limit },
         };
-        q.queue.check(&msg).map_err(full)?;
+        // Released by every early return below; the queue takes it over on push.
+        let reserved = q.queue.check(&msg).map_err(full)?;
         let mut dial = None;
         if q.current.is_none() && !q.dialing {
             let Some(addr) = dial_to else {
@@ -303,7 +314,7 @@ impl Inner {
         }
         drop(st);
         register(&mut q);
-        q.queue.push(msg).map_err(full)?;
+        q.queue.push(msg, reserved).map_err(full)?;
         if let Some(c) = &q.current {
             c.wake.notify_one();
         }
