@@ -73,6 +73,22 @@ pub struct FileConfig {
     pub idle_timeout_s: u64,
     /// Per-peer send queue bound in bytes. Default 33554432 (32 MiB).
     pub queue_bytes: usize,
+    /// Send queue bound in bytes for all peers together. Default 134217728 (128 MiB).
+    pub total_queue_bytes: usize,
+    /// Payload bytes of received messages waiting for the node's driver. Default 67108864.
+    pub event_bytes: usize,
+    /// New inbound connections per second per remote IP, on average; 0 turns the limit off.
+    /// Default 64.
+    pub handshake_rate_per_ip: f64,
+    /// New inbound connections one IP may open at once. Default 512.
+    pub handshake_burst_per_ip: u32,
+    /// Misbehaviour score at which a peer is disconnected and banned; 0 turns bans off.
+    /// Default 100.
+    pub ban_threshold: f64,
+    /// Seconds a ban lasts. Default 600.
+    pub ban_duration_s: u64,
+    /// Seconds for a misbehaviour score to halve. Default 60.
+    pub score_half_life_s: u64,
     /// Seconds a graceful shutdown may spend draining queues. Default 5.
     pub shutdown_deadline_s: u64,
     /// The peer list; self may be listed.
@@ -110,6 +126,13 @@ impl Default for FileConfig {
             handshake_timeout_ms: ms(t.handshake_timeout),
             idle_timeout_s: t.idle_timeout.as_secs(),
             queue_bytes: t.queue_bytes,
+            total_queue_bytes: t.total_queue_bytes,
+            event_bytes: t.event_bytes,
+            handshake_rate_per_ip: t.handshake_limit.rate,
+            handshake_burst_per_ip: t.handshake_limit.burst,
+            ban_threshold: t.score.ban_threshold,
+            ban_duration_s: t.score.ban_duration.as_secs(),
+            score_half_life_s: t.score.half_life.as_secs(),
             shutdown_deadline_s: 5,
             peers: Vec::new(),
         }
@@ -180,6 +203,10 @@ impl FileConfig {
             ("max_inbound", cfg.max_inbound as u64),
             ("max_outbound", cfg.max_outbound as u64),
             ("queue_bytes", cfg.queue_bytes as u64),
+            ("total_queue_bytes", cfg.total_queue_bytes as u64),
+            ("event_bytes", cfg.event_bytes as u64),
+            ("ban_duration_s", cfg.ban_duration_s),
+            ("score_half_life_s", cfg.score_half_life_s),
             ("seen_capacity", cfg.seen_capacity as u64),
             ("max_payload_bytes", cfg.max_payload_bytes as u64),
         ];
@@ -187,6 +214,23 @@ impl FileConfig {
             return Err(ConfigError::Invalid {
                 field,
                 reason: "must be greater than 0".into(),
+            });
+        }
+        for (field, v) in [
+            ("ban_threshold", cfg.ban_threshold),
+            ("handshake_rate_per_ip", cfg.handshake_rate_per_ip),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: "must be a finite number >= 0".into(),
+                });
+            }
+        }
+        if cfg.handshake_rate_per_ip > 0.0 && cfg.handshake_burst_per_ip == 0 {
+            return Err(ConfigError::Invalid {
+                field: "handshake_burst_per_ip",
+                reason: "must be greater than 0 while handshake_rate_per_ip is".into(),
             });
         }
         if cfg.min_ack_timeout_ms > cfg.max_ack_timeout_ms {
@@ -258,6 +302,13 @@ impl FileConfig {
         t.idle_timeout = Duration::from_secs(self.idle_timeout_s);
         t.queue_bytes = self.queue_bytes;
         t.max_payload = self.max_payload_bytes;
+        t.total_queue_bytes = self.total_queue_bytes;
+        t.event_bytes = self.event_bytes;
+        t.handshake_limit.rate = self.handshake_rate_per_ip;
+        t.handshake_limit.burst = self.handshake_burst_per_ip;
+        t.score.ban_threshold = self.ban_threshold;
+        t.score.ban_duration = Duration::from_secs(self.ban_duration_s);
+        t.score.half_life = Duration::from_secs(self.score_half_life_s);
         Ok(cfg)
     }
 }

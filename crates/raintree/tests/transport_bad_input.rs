@@ -313,3 +313,43 @@ async fn a_connection_flood_past_the_inbound_limit_is_refused_at_once() {
     c.t.shutdown(Duration::from_secs(5)).await;
     finish(a, b).await;
 }
+
+#[tokio::test]
+async fn a_handshake_flood_from_one_ip_is_cut_before_any_crypto() {
+    let (mut a, mut b) = setup(|c| {
+        c.open = true;
+        c.handshake_limit = raintree::transport::HandshakeLimit {
+            rate: 0.001,
+            burst: 4,
+            ..Default::default()
+        };
+    })
+    .await;
+    let fds = fd_count();
+    // A's connection took one token from 127.0.0.1; three more handshakes fit the burst.
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        sessions.push(raw::connect(b.t.local_addr(), b.t.address()).await);
+    }
+    let mut socks = Vec::new();
+    for _ in 0..5 {
+        socks.push(TcpStream::connect(b.t.local_addr()).await.unwrap());
+    }
+    for _ in 0..5 {
+        assert_eq!(refused(&mut b.events).await, RefuseReason::RateLimited);
+    }
+    for s in socks.iter_mut() {
+        assert!(socket_closed(s).await);
+    }
+    assert_eq!(b.metrics.refused("rate_limited"), 5);
+    // Refused before the handshake: no handshake failure, no slot taken.
+    assert_eq!(b.metrics.handshake_failures("timeout"), 0);
+    assert_eq!(b.metrics.handshake_failures("noise"), 0);
+    assert_eq!(b.metrics.connections_opened("inbound"), 4);
+    // Established connections are not affected.
+    still_working(&mut a, &mut b).await;
+    drop(socks);
+    drop(sessions);
+    finish(a, b).await;
+    assert!(fd_count() <= fds, "fds {} > baseline {fds}", fd_count());
+}

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
-use raintree_proto::broadcast::{Engine, Stats};
+use raintree_proto::broadcast::{Engine, EngineError, Stats};
 use raintree_proto::drive::{self, Input, Sink};
 use raintree_proto::wire::{Message, MessageId};
 use raintree_proto::Address;
@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{unix_micros, Command, Delivery, IncomingRequest};
 use crate::metrics::NodeMetrics;
-use crate::transport::{Event, Events, Transport};
+use crate::transport::{Event, Events, Offence, Transport};
 
 pub(super) struct Driver {
     pub engine: Engine,
@@ -115,6 +115,9 @@ impl Driver {
                 };
                 if let Err(e) = drive::apply(&mut self.engine, now, input) {
                     tracing::debug!(%peer, kind, error = %e, "message refused");
+                    if let Some(o) = offence(&e) {
+                        self.transport.penalise(peer, o);
+                    }
                 }
             }
             Event::Request {
@@ -145,6 +148,11 @@ impl Driver {
             Event::Refused { remote, reason } => {
                 tracing::info!(%remote, ?reason, "connection refused");
             }
+            Event::Banned { peer, ban } => {
+                tracing::info!(%peer, ?ban, "peer banned");
+                // Its subtree is routed around like a failed peer's until the ban ends.
+                let _ = drive::apply(&mut self.engine, now, Input::Unreachable(peer));
+            }
         }
     }
 }
@@ -164,8 +172,14 @@ impl Sink for Outputs<'_> {
     }
 
     fn misbehaved(&mut self, peer: Address, reason: &'static str) {
-        // Counted in the engine's stats; scoring the connection is the transport's.
         tracing::debug!(%peer, reason, "peer misbehaved");
+        // The engine's only report today is a cut range; anything else scores as a refusal.
+        let o = if reason.contains("range") {
+            Offence::ImpossibleRange
+        } else {
+            Offence::Refused
+        };
+        self.transport.penalise(peer, o);
     }
 
     fn deliver(&mut self, id: MessageId, payload: Bytes, origin_time_us: u64, hops: u32) {
@@ -183,6 +197,14 @@ impl Sink for Outputs<'_> {
     }
 }
 
+/// What a waiting delivery costs against `delivery_buffer_bytes` beyond its payload, so a
+/// flood of empty payloads is bounded too.
+const DELIVERY_OVERHEAD: usize = 64;
+
+fn delivery_cost(d: &Delivery) -> usize {
+    d.payload.len() + DELIVERY_OVERHEAD
+}
+
 /// Deliveries accepted by the protocol that the application has not taken yet, in order.
 #[derive(Default)]
 struct DeliveryBuffer {
@@ -192,7 +214,7 @@ struct DeliveryBuffer {
 
 impl DeliveryBuffer {
     fn push(&mut self, d: Delivery) {
-        self.bytes += d.payload.len();
+        self.bytes += delivery_cost(&d);
         self.queue.push_back(d);
     }
 
@@ -207,7 +229,7 @@ impl DeliveryBuffer {
 
     fn send_one(&mut self, permit: mpsc::Permit<'_, Delivery>) {
         if let Some(d) = self.queue.pop_front() {
-            self.bytes -= d.payload.len();
+            self.bytes -= delivery_cost(&d);
             permit.send(d);
         }
     }
@@ -245,9 +267,63 @@ impl DeliveryBuffer {
     }
 }
 
+/// What an engine refusal says about the sender; `None` for refusals about this node.
+fn offence(e: &EngineError) -> Option<Offence> {
+    match e {
+        EngineError::Forged(_) => Some(Offence::Forged),
+        EngineError::ImpossibleRange { .. } => Some(Offence::ImpossibleRange),
+        EngineError::StrategyMismatch { .. }
+        | EngineError::Unexpected(_)
+        | EngineError::PayloadTooLarge { .. } => Some(Offence::Refused),
+        // A full seen-set refuses honest forwarders of someone else's flood too.
+        EngineError::SeenSetFull | EngineError::NotInPeerList | EngineError::WrongSigningKey => {
+            None
+        }
+    }
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(nonce: u64, len: usize) -> Delivery {
+        Delivery {
+            id: MessageId {
+                origin: Address([1; 20]),
+                nonce,
+            },
+            payload: Bytes::from(vec![0u8; len]),
+            origin_time_us: 0,
+            hops: 1,
+        }
+    }
+
+    #[test]
+    fn waiting_deliveries_count_payload_and_overhead_until_the_channel_takes_them() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let mut b = DeliveryBuffer::default();
+        // Empty payloads still cost: a flood of them cannot grow the buffer unnoticed.
+        for n in 0..3 {
+            b.push(delivery(n, 0));
+        }
+        b.push(delivery(3, 1000));
+        assert_eq!(b.bytes, 4 * DELIVERY_OVERHEAD + 1000);
+        // The channel takes what fits its capacity; the rest stays counted here.
+        b.push_ready(&tx);
+        assert_eq!(b.bytes, 2 * DELIVERY_OVERHEAD + 1000);
+        assert_eq!(rx.try_recv().unwrap().id.nonce, 0);
+        b.push_ready(&tx);
+        assert_eq!(b.bytes, DELIVERY_OVERHEAD + 1000);
+        drop(rx);
+        b.push_ready(&tx);
+        assert!(b.is_empty());
+        assert_eq!(b.bytes, 0);
     }
 }

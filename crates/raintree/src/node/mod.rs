@@ -45,11 +45,14 @@ pub struct NodeConfig {
     pub peers: Vec<PeerEntry>,
     /// Protocol settings: strategy, ACKs, redundancy, clean-up, seen-set.
     pub protocol: broadcast::Config,
-    /// Deliveries the application's stream holds.
+    /// Deliveries the application's stream holds. Kept small: it is bounded by count, so it
+    /// can hold `delivery_capacity x max_payload` bytes; the byte-bounded buffer below absorbs
+    /// bursts instead.
     pub delivery_capacity: usize,
-    /// Payload bytes of further deliveries the node holds for a slow application while the
-    /// protocol (ACKs, forwarding, timers) carries on; past it the node stops reading from the
-    /// network until the application catches up.
+    /// Bytes of further deliveries (payload plus 64 each) the node holds for a slow
+    /// application while the protocol (ACKs, forwarding, timers) carries on; past it the node
+    /// stops reading from the network until the application catches up. Deliveries in memory
+    /// stay within this plus `delivery_capacity x max_payload` plus one payload.
     pub delivery_buffer_bytes: usize,
     /// Incoming requests buffered for the application; past this they are refused.
     pub request_capacity: usize,
@@ -65,7 +68,7 @@ impl NodeConfig {
             transport: TransportConfig::new(listen),
             peers,
             protocol: broadcast::Config::default(),
-            delivery_capacity: 4096,
+            delivery_capacity: 16,
             delivery_buffer_bytes: 64 * 1024 * 1024,
             request_capacity: 1024,
             seed: None,

@@ -37,6 +37,12 @@ impl Inner {
                     }
                 }
             };
+            // Before the slot and any crypto: a refused socket costs one accept and a close.
+            if !lock(&self.limiter).allow(remote.ip(), tokio::time::Instant::now()) {
+                drop(sock);
+                self.refused(remote, RefuseReason::RateLimited);
+                continue;
+            }
             let Some(slot) = Slot::inbound(&self) else {
                 drop(sock);
                 self.refused(remote, RefuseReason::InboundLimit);
@@ -48,7 +54,7 @@ impl Inner {
         }
     }
 
-    fn refused(&self, remote: SocketAddr, reason: RefuseReason) {
+    pub(crate) fn refused(&self, remote: SocketAddr, reason: RefuseReason) {
         self.metrics().refuse(reason.label());
         tracing::debug!(%remote, ?reason, "inbound connection refused");
         // Never let a flood of refusals wait on the application.
@@ -84,17 +90,16 @@ impl Inner {
         if est.remote == self.address {
             return self.refused(remote, RefuseReason::SelfConnection);
         }
+        if self.is_banned(&est.remote) {
+            return self.refused(remote, RefuseReason::Banned(est.remote));
+        }
         let peer = {
             let mut st = lock(&self.state);
             let known = st.book.contains_key(&est.remote);
             if !known && !self.config.open {
                 None
             } else {
-                Some(Inner::peer_entry(
-                    &mut st,
-                    est.remote,
-                    self.config.queue_bytes,
-                ))
+                Some(self.peer_entry(&mut st, est.remote))
             }
         };
         match peer {

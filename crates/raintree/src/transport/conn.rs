@@ -23,6 +23,7 @@ use super::events::{Emitter, Event, Responder};
 use super::framing::{FrameError, Opener, Sealer};
 use super::handshake::NoiseReader;
 use super::metrics::{kind_index, TransportMetrics};
+use super::score::Offence;
 use crate::net::{ReadHalf, WriteHalf};
 
 /// What every connection of one transport shares; owned by the pool, read by connections.
@@ -59,6 +60,8 @@ pub(crate) trait PoolLink: Send + Sync + 'static {
     fn detach(&self, conn: u64);
     /// Connection `conn` has ended both ways.
     fn ended(&self, conn: u64);
+    /// The peer sent bytes no correct peer sends.
+    fn penalise(&self, offence: Offence);
 }
 
 /// The connection currently serving a peer, as seen by the pool.
@@ -71,20 +74,29 @@ pub(crate) struct ConnRef {
     pub wake: Arc<Notify>,
     /// Asks the writer to finish: drain if still current, then Goodbye.
     pub close: CancellationToken,
+    /// Tears the connection down at once: no drain, no Goodbye (bad input, bans).
+    pub abort: CancellationToken,
     /// Why it was closed; the first reason given wins.
     pub why: Arc<std::sync::OnceLock<&'static str>>,
 }
 
 impl ConnRef {
-    /// A fresh connection reference dialled by `dialer`.
-    pub fn new(id: u64, dialer: Address) -> Self {
+    /// A fresh connection reference dialled by `dialer`, aborted along with `kill`.
+    pub fn new(id: u64, dialer: Address, kill: &CancellationToken) -> Self {
         Self {
             id,
             dialer,
             wake: Arc::new(Notify::new()),
             close: CancellationToken::new(),
+            abort: kill.child_token(),
             why: Default::default(),
         }
+    }
+
+    /// Tears this connection down for `why` without a Goodbye.
+    pub fn abort_with(&self, why: &'static str) {
+        let _ = self.why.set(why);
+        self.abort.cancel();
     }
 
     /// Closes this connection for `why` (sent in its Goodbye, reported in ConnectionDown).
@@ -132,7 +144,7 @@ pub(crate) async fn run<S: Send + 'static>(
         last_ms: AtomicU64::new(0),
     });
     activity.touch();
-    let abort = shared.kill.child_token();
+    let abort = conn.abort.clone();
     let write_done = CancellationToken::new();
     let w = shared.tracker.spawn(write_loop(
         Arc::clone(&shared),
@@ -159,7 +171,9 @@ pub(crate) async fn run<S: Send + 'static>(
     let (reason, lost) = match read_loop(ctx, opener, reader, &abort, &write_done, &activity).await
     {
         Ok(remote) => match conn.why.get() {
-            Some(&local) if local != PEER_GOODBYE => (local.to_string(), local == "write failed"),
+            Some(&local) if local != PEER_GOODBYE => {
+                (local.to_string(), matches!(local, "write failed" | BANNED))
+            }
             _ => {
                 let lost = remote_lost(&remote);
                 (remote, lost)
@@ -169,6 +183,9 @@ pub(crate) async fn run<S: Send + 'static>(
             shared.metrics.frame_error(e.label());
             tracing::warn!(%peer, error = %e, "connection closed on bad input");
             abort.cancel();
+            if let Some(o) = offence(&e) {
+                link.penalise(o);
+            }
             (format!("error: {e}"), true)
         }
     };
@@ -183,6 +200,20 @@ pub(crate) async fn run<S: Send + 'static>(
         .events
         .emit_via(&events, Event::ConnectionDown { peer, reason, lost })
         .await;
+}
+
+/// The close reason of a connection whose peer was banned.
+pub(crate) const BANNED: &str = "banned";
+
+/// What a frame error says about the peer; a socket error says nothing.
+fn offence(e: &FrameError) -> Option<Offence> {
+    match e {
+        FrameError::TooLarge => Some(Offence::Oversized),
+        FrameError::BadLength(_) | FrameError::Decrypt => Some(Offence::Decrypt),
+        FrameError::Decode(_) => Some(Offence::Malformed),
+        FrameError::Truncated => Some(Offence::Truncated),
+        FrameError::Io(_) => None,
+    }
 }
 
 /// The close reason recorded when the peer said Goodbye first.
@@ -261,7 +292,7 @@ async fn read_loop(
                         payload,
                         responder: link.responder(id),
                     };
-                    shared.events.emit_via(events, ev).await;
+                    shared.events.emit_payload(events, ev).await;
                 }
                 Message::Response { id, payload } => {
                     if !link.complete(id, payload) {
@@ -270,7 +301,7 @@ async fn read_loop(
                 }
                 message => {
                     let ev = Event::Message { peer, message };
-                    shared.events.emit_via(events, ev).await;
+                    shared.events.emit_payload(events, ev).await;
                 }
             }
         }

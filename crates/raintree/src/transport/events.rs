@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use raintree_proto::wire::Message;
 use raintree_proto::Address;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 
 use super::lock;
@@ -18,6 +18,8 @@ use super::lock;
 pub enum RefuseReason {
     /// `max_inbound` connections were already open.
     InboundLimit,
+    /// The remote IP opened connections faster than `handshake_limit` allows.
+    RateLimited,
     /// The handshake did not finish within `handshake_timeout`.
     HandshakeTimeout,
     /// The handshake failed (the label says how).
@@ -26,6 +28,8 @@ pub enum RefuseReason {
     UnknownPeer(Address),
     /// The peer proved our own identity.
     SelfConnection,
+    /// The peer proved an identity that is banned for misbehaving.
+    Banned(Address),
 }
 
 impl RefuseReason {
@@ -33,10 +37,12 @@ impl RefuseReason {
     pub fn label(&self) -> &'static str {
         match self {
             RefuseReason::InboundLimit => "inbound_limit",
+            RefuseReason::RateLimited => "rate_limited",
             RefuseReason::HandshakeTimeout => "handshake_timeout",
             RefuseReason::HandshakeFailed(_) => "handshake_failed",
             RefuseReason::UnknownPeer(_) => "unknown_peer",
             RefuseReason::SelfConnection => "self_connection",
+            RefuseReason::Banned(_) => "banned",
         }
     }
 }
@@ -79,6 +85,14 @@ pub enum Event {
         /// own shutdown), after which the peer is still reachable.
         lost: bool,
     },
+    /// A peer's misbehaviour score crossed the threshold: its connection was closed and it is
+    /// banned for `ban`.
+    Banned {
+        /// The peer.
+        peer: Address,
+        /// How long the ban lasts.
+        ban: std::time::Duration,
+    },
     /// An inbound connection was refused.
     Refused {
         /// The remote socket address.
@@ -91,6 +105,7 @@ pub enum Event {
 /// The stream of [`Event`]s of one transport.
 pub struct Events {
     pub(crate) rx: mpsc::Receiver<Event>,
+    pub(crate) budget: Arc<EventBudget>,
 }
 
 impl Events {
@@ -98,12 +113,103 @@ impl Events {
     ///
     /// Cancel-safe: dropping the future loses no event.
     pub async fn recv(&mut self) -> Option<Event> {
-        self.rx.recv().await
+        let ev = self.rx.recv().await;
+        self.read(ev)
     }
 
     /// The next event if one is ready.
     pub fn try_recv(&mut self) -> Option<Event> {
-        self.rx.try_recv().ok()
+        let ev = self.rx.try_recv().ok();
+        self.read(ev)
+    }
+
+    /// Events waiting to be read.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// True when no event is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
+    fn read(&self, ev: Option<Event>) -> Option<Event> {
+        if let Some(ev) = &ev {
+            // Once read, its bytes are the application's to bound.
+            self.budget.release(self.budget.cost(ev));
+        }
+        ev
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        // Nobody will read: readers waiting for budget must not wait forever.
+        self.budget.sem.close();
+    }
+}
+
+/// Payload bytes of `Message` and `Request` events in the channel and not yet read, against
+/// `event_bytes`: a reader waits for room, as it waits for a slot in the channel.
+pub(crate) struct EventBudget {
+    sem: Semaphore,
+    cap: usize,
+}
+
+impl EventBudget {
+    pub fn new(cap: usize) -> Arc<Self> {
+        Arc::new(Self {
+            sem: Semaphore::new(cap),
+            cap,
+        })
+    }
+
+    /// What `ev` costs: its payload, at most the whole budget (so any one event fits).
+    pub fn cost(&self, ev: &Event) -> u32 {
+        let n = match ev {
+            Event::Message { message, .. } => message.payload().map_or(0, |p| p.len()),
+            Event::Request { payload, .. } => payload.len(),
+            _ => 0,
+        };
+        // `cap` fits in u32 (TransportConfig::check).
+        n.min(self.cap) as u32
+    }
+
+    /// Takes `n` bytes, waiting for the application to read; false if it never will
+    /// (stream dropped) or shutdown began while waiting.
+    async fn acquire(&self, n: u32, closing: &CancellationToken) -> bool {
+        if n == 0 {
+            return true;
+        }
+        match self.sem.try_acquire_many(n) {
+            Ok(p) => {
+                p.forget();
+                return true;
+            }
+            Err(TryAcquireError::Closed) => return false,
+            Err(TryAcquireError::NoPermits) => {}
+        }
+        tokio::select! {
+            r = self.sem.acquire_many(n) => match r {
+                Ok(p) => {
+                    p.forget();
+                    true
+                }
+                Err(_) => false,
+            },
+            _ = closing.cancelled() => false,
+        }
+    }
+
+    fn release(&self, n: u32) {
+        if n > 0 {
+            self.sem.add_permits(n as usize);
+        }
+    }
+
+    /// Bytes of events waiting to be read, plus any a waiting reader already holds.
+    pub fn in_flight(&self) -> usize {
+        self.cap - self.sem.available_permits().min(self.cap)
     }
 }
 
@@ -153,14 +259,17 @@ pub(crate) struct Emitter {
     pub closing: CancellationToken,
     /// Mirrors `closing` for the per-message paths (a token check takes a lock).
     closed: AtomicBool,
+    /// Bytes of payload-carrying events not yet read.
+    pub budget: Arc<EventBudget>,
 }
 
 impl Emitter {
-    pub fn new(tx: mpsc::Sender<Event>) -> Self {
+    pub fn new(tx: mpsc::Sender<Event>, budget: Arc<EventBudget>) -> Self {
         Self {
             tx: Mutex::new(Some(tx)),
             closing: CancellationToken::new(),
             closed: AtomicBool::new(false),
+            budget,
         }
     }
 
@@ -191,25 +300,42 @@ impl Emitter {
         self.emit_via(&tx, ev).await;
     }
 
-    /// Like [`Emitter::emit`] with a sender the caller keeps, saving a lock per event.
-    pub async fn emit_via(&self, tx: &Option<mpsc::Sender<Event>>, ev: Event) {
-        let Some(tx) = tx else { return };
+    /// Hands a payload-carrying event to the application once its bytes fit the event
+    /// budget; dropped if the application will never read it.
+    pub async fn emit_payload(&self, tx: &Option<mpsc::Sender<Event>>, ev: Event) {
+        let n = self.budget.cost(&ev);
+        if !self.budget.acquire(n, &self.closing).await {
+            return;
+        }
+        if !self.emit_via(tx, ev).await {
+            self.budget.release(n);
+        }
+    }
+
+    /// Like [`Emitter::emit`] with a sender the caller keeps, saving a lock per event; false
+    /// if the event was dropped.
+    pub async fn emit_via(&self, tx: &Option<mpsc::Sender<Event>>, ev: Event) -> bool {
+        let Some(tx) = tx else { return false };
         // Fast path: room in the channel, so no select or waiter registration. It still
         // counts against the task's scheduling budget like a send would, so a busy reader
         // yields and the application's task gets to run.
         let ev = match tx.try_send(ev) {
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {
+            Ok(()) => {
                 tokio::task::consume_budget().await;
-                return;
+                return true;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tokio::task::consume_budget().await;
+                return false;
             }
             Err(mpsc::error::TrySendError::Full(ev)) => ev,
         };
         if self.is_closing() {
-            return;
+            return false;
         }
         tokio::select! {
-            _ = tx.send(ev) => {}
-            _ = self.closing.cancelled() => {}
+            r = tx.send(ev) => r.is_ok(),
+            _ = self.closing.cancelled() => false,
         }
     }
 

@@ -44,6 +44,13 @@ pub struct DirectionLabel {
     pub direction: &'static str,
 }
 
+/// An `offence` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OffenceLabel {
+    /// What the peer did.
+    pub offence: &'static str,
+}
+
 /// An `outcome` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -65,6 +72,9 @@ pub struct TransportMetrics {
     open_connections: Family<DirectionLabel, Gauge>,
     connections_opened: Family<DirectionLabel, Counter>,
     requests: Family<OutcomeLabel, Counter>,
+    penalties: Family<OffenceLabel, Counter>,
+    bans: Counter,
+    banned_peers: Gauge,
     // Per-kind handles resolved once, so the per-frame path takes no family lock.
     hot: std::sync::Arc<std::sync::OnceLock<Hot>>,
 }
@@ -141,6 +151,21 @@ impl TransportMetrics {
             "Requests finished, by outcome",
             self.requests.clone(),
         );
+        r.register(
+            "penalties",
+            "Misbehaviour penalties given to peers, by offence",
+            self.penalties.clone(),
+        );
+        r.register(
+            "bans",
+            "Peers banned for crossing the misbehaviour threshold",
+            self.bans.clone(),
+        );
+        r.register(
+            "banned_peers",
+            "Peers currently banned",
+            self.banned_peers.clone(),
+        );
     }
 
     fn hot(&self) -> &Hot {
@@ -211,6 +236,38 @@ impl TransportMetrics {
 
     pub(crate) fn request_done(&self, outcome: &'static str) {
         self.requests.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    pub(crate) fn penalty(&self, offence: &'static str) {
+        self.penalties
+            .get_or_create(&OffenceLabel { offence })
+            .inc();
+    }
+
+    pub(crate) fn banned(&self, now_banned: usize) {
+        self.bans.inc();
+        self.set_banned(now_banned);
+    }
+
+    pub(crate) fn set_banned(&self, now_banned: usize) {
+        self.banned_peers.set(now_banned as i64);
+    }
+
+    /// Penalties given for `offence` (an [`crate::transport::Offence`] label) so far.
+    pub fn penalties(&self, offence: &'static str) -> u64 {
+        self.penalties
+            .get_or_create(&OffenceLabel { offence })
+            .get()
+    }
+
+    /// Bans so far.
+    pub fn bans(&self) -> u64 {
+        self.bans.get()
+    }
+
+    /// Peers banned now.
+    pub fn banned_peers(&self) -> i64 {
+        self.banned_peers.get()
     }
 
     /// Frames sent of `kind` so far.

@@ -24,8 +24,10 @@ pub mod handshake;
 mod identity;
 mod metrics;
 mod queue;
+mod ratelimit;
 mod registry;
 mod requests;
+mod score;
 mod shutdown;
 mod tiebreak;
 
@@ -41,6 +43,8 @@ use raintree_proto::Address;
 pub use events::{Event, Events, RefuseReason, Responder};
 pub use identity::Identity;
 pub use metrics::TransportMetrics;
+pub use ratelimit::HandshakeLimit;
+pub use score::{Offence, ScoreConfig};
 pub use shutdown::ShutdownReport;
 
 use crate::net::Net;
@@ -71,6 +75,8 @@ pub struct TransportConfig {
     pub idle_timeout: Duration,
     /// Most bytes queued for one peer (payload plus a fixed per-message allowance).
     pub queue_bytes: usize,
+    /// Most bytes queued for all peers together, counted the same way.
+    pub total_queue_bytes: usize,
     /// Largest payload sent or accepted.
     pub max_payload: usize,
     /// Wait before redialling a peer after a failed dial; doubles per failure.
@@ -79,16 +85,25 @@ pub struct TransportConfig {
     pub max_dial_backoff: Duration,
     /// Events buffered for the application before readers wait for it.
     pub event_capacity: usize,
+    /// Payload bytes of unread `Message` and `Request` events before readers wait for the
+    /// application (one event larger than this still passes, alone).
+    pub event_bytes: usize,
     /// Most bytes a writer takes from its queue for one socket write.
     pub batch_bytes: usize,
     /// After sending Goodbye, how long to wait for the peer to close its side.
     pub linger: Duration,
+    /// New inbound connections allowed per remote IP (token bucket), checked before the
+    /// handshake.
+    pub handshake_limit: HandshakeLimit,
+    /// Misbehaviour scores: ban threshold, ban duration, decay (see [`Offence::points`]).
+    pub score: ScoreConfig,
     /// The network the sockets live on: real TCP, or turmoil's simulation under test.
     pub net: Net,
 }
 
 impl TransportConfig {
-    /// Defaults: 125 inbound / 125 outbound, 5 s handshake, 5 min idle, 32 MiB per peer.
+    /// Defaults: 125 inbound / 125 outbound, 5 s handshake, 5 min idle, 32 MiB per peer and
+    /// 128 MiB for all peers queued.
     pub fn new(listen: SocketAddr) -> Self {
         Self {
             listen,
@@ -99,12 +114,16 @@ impl TransportConfig {
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(300),
             queue_bytes: 32 * 1024 * 1024,
+            total_queue_bytes: 128 * 1024 * 1024,
             max_payload: wire::DEFAULT_MAX_PAYLOAD,
             dial_backoff: Duration::from_millis(250),
             max_dial_backoff: Duration::from_secs(30),
             event_capacity: 4096,
+            event_bytes: 64 * 1024 * 1024,
             batch_bytes: 256 * 1024,
             linger: Duration::from_secs(2),
+            handshake_limit: HandshakeLimit::default(),
+            score: ScoreConfig::default(),
             net: Net::default(),
         }
     }
@@ -119,6 +138,11 @@ impl TransportConfig {
         }
         if self.event_capacity == 0 {
             return Err(TransportError::Config("event_capacity must be > 0".into()));
+        }
+        if self.event_bytes == 0 || self.event_bytes > u32::MAX as usize {
+            return Err(TransportError::Config(
+                "event_bytes must be between 1 and 4 GiB".into(),
+            ));
         }
         Ok(())
     }
@@ -159,6 +183,14 @@ pub enum SendError {
         /// The limit.
         limit: usize,
     },
+    /// All peers' queues together hold `total_queue_bytes`; nothing was queued.
+    #[error("all queues full ({used} of {limit} bytes)")]
+    TotalQueueFull {
+        /// Bytes queued across every peer.
+        used: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The payload exceeds `max_payload`; nothing was sent.
     #[error("payload of {len} bytes exceeds the limit of {max}")]
     PayloadTooLarge {
@@ -171,6 +203,9 @@ pub enum SendError {
     /// `Responder` and `shutdown`); the caller may not send them.
     #[error("{0} messages are sent by the transport itself")]
     Reserved(&'static str),
+    /// The peer is banned for misbehaving; nothing is sent to it until the ban ends.
+    #[error("peer {0} is banned")]
+    Banned(Address),
     /// Dialling the peer would exceed `max_outbound`.
     #[error("outbound connection limit reached")]
     OutboundLimit,
@@ -212,7 +247,8 @@ impl Transport {
         config.check()?;
         let listener = accept::bind(config.net, config.listen).await?;
         let (inner, rx) = Inner::start(listener, identity, config, metrics)?;
-        Ok((Transport { inner }, Events { rx }))
+        let budget = Arc::clone(&inner.shared.events.budget);
+        Ok((Transport { inner }, Events { rx, budget }))
     }
 
     /// The address the listener is bound to.
@@ -250,6 +286,29 @@ impl Transport {
         if let Err(e) = self.inner.enqueue_app(peer, msg) {
             tracing::trace!(%peer, error = %e, "write dropped");
         }
+    }
+
+    /// Adds `offence` to `peer`'s misbehaviour score. Past `score.ban_threshold` the peer's
+    /// connection is closed at once (no Goodbye) and the peer is banned for
+    /// `score.ban_duration`: sends to it fail and its handshakes are refused.
+    pub fn penalise(&self, peer: Address, offence: Offence) {
+        self.inner.penalise(peer, offence);
+    }
+
+    /// Payload bytes of events waiting for the application, as counted against `event_bytes`
+    /// (including any a reader waiting for room already holds).
+    pub fn event_bytes_in_flight(&self) -> usize {
+        self.inner.shared.events.budget.in_flight()
+    }
+
+    /// Bytes queued across every peer now, as counted against `total_queue_bytes`.
+    pub fn queued_bytes(&self) -> usize {
+        self.inner.budget.used()
+    }
+
+    /// True while `peer` is banned.
+    pub fn is_banned(&self, peer: Address) -> bool {
+        self.inner.is_banned(&peer)
     }
 
     /// Sends a request and waits up to `deadline` for its response.

@@ -1,9 +1,12 @@
 //! A peer's outgoing queue: bounded in bytes, control frames ahead of bulk payloads.
 //!
 //! Pure data: no locks, no I/O. The registry keeps one per peer under the peer's lock, so a
-//! queue outlives the connections that drain it.
+//! queue outlives the connections that drain it. Every queue also draws on one [`Budget`]
+//! shared by all peers, so the total stays bounded however many peers there are.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use raintree_proto::wire::Message;
 
@@ -15,10 +18,68 @@ pub(crate) fn cost(msg: &Message) -> usize {
     msg.payload().map_or(0, |p| p.len()) + MESSAGE_OVERHEAD
 }
 
-/// The queue had no room: `queued` bytes were already waiting.
+/// Why a message did not fit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Full {
-    pub queued: usize,
+pub(crate) enum Full {
+    /// This peer's queue had `queued` bytes waiting.
+    Peer { queued: usize },
+    /// All queues together held `used` bytes of the shared `limit`.
+    Total { used: usize, limit: usize },
+}
+
+/// Bytes queued across every peer, against one limit.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    /// Takes `n` bytes, released when the [`Reservation`] drops unless a queue takes it over.
+    pub fn reserve(self: &Arc<Self>, n: usize) -> Result<Reservation, Full> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (u + n <= self.limit).then_some(u + n)
+            })
+            .map_err(|used| Full::Total {
+                used,
+                limit: self.limit,
+            })?;
+        Ok(Reservation {
+            budget: Arc::clone(self),
+            bytes: n,
+        })
+    }
+
+    fn release(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Bytes taken now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+/// Bytes taken from a [`Budget`] for one message on its way into a queue.
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    budget: Arc<Budget>,
+    bytes: usize,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
+    }
 }
 
 /// Messages waiting for one peer, control (ACKs, probes) ahead of bulk.
@@ -28,16 +89,18 @@ pub(crate) struct PeerQueue {
     bulk: VecDeque<Message>,
     bytes: usize,
     limit: usize,
+    budget: Arc<Budget>,
 }
 
 impl PeerQueue {
-    /// An empty queue holding at most `limit` bytes (see [`cost`]).
-    pub fn new(limit: usize) -> Self {
+    /// An empty queue holding at most `limit` bytes (see [`cost`]) of the shared `budget`.
+    pub fn new(limit: usize, budget: Arc<Budget>) -> Self {
         Self {
             control: VecDeque::new(),
             bulk: VecDeque::new(),
             bytes: 0,
             limit,
+            budget,
         }
     }
 
@@ -52,17 +115,23 @@ impl PeerQueue {
         self.bytes
     }
 
-    /// Whether `msg` would fit now.
-    pub fn check(&self, msg: &Message) -> Result<(), Full> {
+    /// Whether `msg` fits this peer's queue, and if so its bytes reserved from the shared
+    /// budget (pass them to [`PeerQueue::push`]).
+    pub fn check(&self, msg: &Message) -> Result<Reservation, Full> {
         if self.bytes + cost(msg) > self.limit {
-            return Err(Full { queued: self.bytes });
+            return Err(Full::Peer { queued: self.bytes });
         }
-        Ok(())
+        self.budget.reserve(cost(msg))
     }
 
-    /// Queues `msg` behind others of its class, or refuses it when it does not fit.
-    pub fn push(&mut self, msg: Message) -> Result<(), Full> {
-        self.check(&msg)?;
+    /// Queues `msg` behind others of its class on bytes `reserved` by [`PeerQueue::check`].
+    pub fn push(&mut self, msg: Message, reserved: Reservation) -> Result<(), Full> {
+        if self.bytes + cost(&msg) > self.limit {
+            return Err(Full::Peer { queued: self.bytes });
+        }
+        debug_assert_eq!(reserved.bytes, cost(&msg));
+        // The queue holds the bytes now; `take` and `clear` give them back.
+        std::mem::forget(reserved);
         self.bytes += cost(&msg);
         if msg.is_control() {
             self.control.push_back(msg);
@@ -87,7 +156,9 @@ impl PeerQueue {
             taken += cost(&m);
             out.push(m);
         }
-        self.bytes = self.bytes.saturating_sub(taken);
+        let taken = taken.min(self.bytes);
+        self.bytes -= taken;
+        self.budget.release(taken);
     }
 
     /// Empties the queue; returns how many messages were dropped.
@@ -95,8 +166,15 @@ impl PeerQueue {
         let n = self.len();
         self.control.clear();
         self.bulk.clear();
+        self.budget.release(self.bytes);
         self.bytes = 0;
         n
+    }
+}
+
+impl Drop for PeerQueue {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
     }
 }
 
@@ -127,6 +205,21 @@ mod tests {
         }
     }
 
+    fn queue(limit: usize) -> PeerQueue {
+        PeerQueue::new(limit, Budget::new(usize::MAX))
+    }
+
+    trait Push {
+        fn add(&mut self, m: Message) -> Result<(), Full>;
+    }
+
+    impl Push for PeerQueue {
+        fn add(&mut self, m: Message) -> Result<(), Full> {
+            let r = self.check(&m)?;
+            self.push(m, r)
+        }
+    }
+
     fn nonce(m: &Message) -> u64 {
         match m {
             Message::Direct { id, .. } => id.nonce,
@@ -137,12 +230,12 @@ mod tests {
 
     #[test]
     fn control_goes_ahead_of_bulk_queued_earlier() {
-        let mut q = PeerQueue::new(1 << 20);
-        q.push(bulk(1, 10)).unwrap();
-        q.push(bulk(2, 10)).unwrap();
-        q.push(control(7)).unwrap();
-        q.push(bulk(3, 10)).unwrap();
-        q.push(control(8)).unwrap();
+        let mut q = queue(1 << 20);
+        q.add(bulk(1, 10)).unwrap();
+        q.add(bulk(2, 10)).unwrap();
+        q.add(control(7)).unwrap();
+        q.add(bulk(3, 10)).unwrap();
+        q.add(control(8)).unwrap();
         let mut out = Vec::new();
         q.take(usize::MAX, &mut out);
         let order: Vec<u64> = out.iter().map(nonce).collect();
@@ -152,10 +245,10 @@ mod tests {
 
     #[test]
     fn control_is_taken_even_past_the_budget() {
-        let mut q = PeerQueue::new(1 << 20);
-        q.push(bulk(1, 500)).unwrap();
+        let mut q = queue(1 << 20);
+        q.add(bulk(1, 500)).unwrap();
         for i in 0..4 {
-            q.push(control(i)).unwrap();
+            q.add(control(i)).unwrap();
         }
         let mut out = Vec::new();
         // A budget smaller than the control frames still takes every one of them, and no bulk.
@@ -168,9 +261,9 @@ mod tests {
 
     #[test]
     fn bulk_is_taken_up_to_the_budget_in_order() {
-        let mut q = PeerQueue::new(1 << 20);
+        let mut q = queue(1 << 20);
         for i in 0..5 {
-            q.push(bulk(i, 100)).unwrap();
+            q.add(bulk(i, 100)).unwrap();
         }
         let mut out = Vec::new();
         // One message crosses the budget, then taking stops.
@@ -182,30 +275,58 @@ mod tests {
     #[test]
     fn byte_bound_holds_and_frees_as_taken() {
         let one = cost(&bulk(0, 1000));
-        let mut q = PeerQueue::new(3 * one);
+        let mut q = queue(3 * one);
         for i in 0..3 {
-            q.push(bulk(i, 1000)).unwrap();
+            q.add(bulk(i, 1000)).unwrap();
         }
-        assert_eq!(q.push(bulk(9, 1000)), Err(Full { queued: 3 * one }));
+        assert_eq!(q.add(bulk(9, 1000)), Err(Full::Peer { queued: 3 * one }));
         // Even a control frame (64 bytes) does not fit a full queue.
-        assert!(q.push(control(1)).is_err());
+        assert!(q.add(control(1)).is_err());
         // A smaller message that fits the remaining room is accepted.
-        let mut q2 = PeerQueue::new(one + MESSAGE_OVERHEAD);
-        q2.push(bulk(0, 1000)).unwrap();
-        q2.push(control(1)).unwrap();
-        assert!(q2.push(control(2)).is_err());
+        let mut q2 = queue(one + MESSAGE_OVERHEAD);
+        q2.add(bulk(0, 1000)).unwrap();
+        q2.add(control(1)).unwrap();
+        assert!(q2.add(control(2)).is_err());
         let mut out = Vec::new();
         q.take(one, &mut out);
         assert_eq!(q.bytes(), 2 * one);
-        q.push(bulk(10, 1000)).unwrap();
+        q.add(bulk(10, 1000)).unwrap();
         assert!(q.bytes() <= 3 * one);
     }
 
     #[test]
+    fn the_shared_budget_bounds_every_queue_together() {
+        let one = cost(&bulk(0, 1000));
+        let budget = Budget::new(3 * one);
+        let mut a = PeerQueue::new(10 * one, Arc::clone(&budget));
+        let mut b = PeerQueue::new(10 * one, Arc::clone(&budget));
+        a.add(bulk(1, 1000)).unwrap();
+        a.add(bulk(2, 1000)).unwrap();
+        b.add(bulk(3, 1000)).unwrap();
+        assert_eq!(
+            b.add(bulk(4, 1000)),
+            Err(Full::Total {
+                used: 3 * one,
+                limit: 3 * one
+            })
+        );
+        // A reservation that is never pushed gives its bytes back.
+        drop(budget.reserve(0).unwrap());
+        let mut out = Vec::new();
+        a.take(one, &mut out);
+        assert_eq!(budget.used(), 2 * one);
+        b.add(bulk(4, 1000)).unwrap();
+        assert_eq!(b.clear(), 2);
+        assert_eq!(budget.used(), one);
+        drop(a);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
     fn clear_counts_and_resets() {
-        let mut q = PeerQueue::new(1 << 20);
-        q.push(bulk(1, 10)).unwrap();
-        q.push(control(1)).unwrap();
+        let mut q = queue(1 << 20);
+        q.add(bulk(1, 10)).unwrap();
+        q.add(control(1)).unwrap();
         assert_eq!(q.clear(), 2);
         assert_eq!((q.len(), q.bytes()), (0, 0));
     }

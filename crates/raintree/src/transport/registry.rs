@@ -15,11 +15,13 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use super::conn::{self, ConnRef, PoolLink, Shared};
-use super::events::{Emitter, Event, Responder, ResponseSink};
+use super::events::{Emitter, Event, EventBudget, Responder, ResponseSink};
 use super::framing::max_frame_len;
 use super::handshake::{self, LocalKeys};
 use super::metrics::TransportMetrics;
-use super::queue::PeerQueue;
+use super::queue::{Budget, Full, PeerQueue};
+use super::ratelimit::Limiter;
+use super::score::{Offence, Scores, Verdict};
 use super::tiebreak;
 use super::{lock, Identity, RequestError, SendError, TransportConfig, TransportError};
 use crate::net::{Listener, ReadHalf, WriteHalf};
@@ -53,11 +55,11 @@ impl PeerState {
 }
 
 impl Peer {
-    fn new(address: Address, queue_bytes: usize) -> Self {
+    fn new(address: Address, queue_bytes: usize, budget: Arc<Budget>) -> Self {
         Self {
             address,
             q: Mutex::new(PeerState {
-                queue: PeerQueue::new(queue_bytes),
+                queue: PeerQueue::new(queue_bytes, budget),
                 current: None,
                 conns: 0,
                 dialing: false,
@@ -91,6 +93,12 @@ pub(crate) struct Inner {
     /// What connections see: metrics, events, cancellation, settings.
     pub shared: Arc<Shared>,
     pub state: Mutex<State>,
+    /// Bytes queued across every peer, against `total_queue_bytes`.
+    pub budget: Arc<Budget>,
+    /// Misbehaviour scores and bans, by peer.
+    pub scores: Mutex<Scores>,
+    /// Handshake token buckets, by remote IP.
+    pub limiter: Mutex<Limiter>,
     next_conn: AtomicU64,
     pub next_request: AtomicU64,
 }
@@ -150,13 +158,16 @@ impl Inner {
                 source,
             })?;
         let keys = LocalKeys::generate(&identity)?;
+        let score_config = config.score;
+        let total_queue_bytes = config.total_queue_bytes;
+        let handshake_limit = config.handshake_limit;
         let (tx, rx) = mpsc::channel(config.event_capacity);
         let address = identity.address();
         let mut book = config.peers.clone();
         book.remove(&address);
         let shared = Arc::new(Shared {
             metrics,
-            events: Emitter::new(tx),
+            events: Emitter::new(tx, EventBudget::new(config.event_bytes)),
             kill: Default::default(),
             tracker: TaskTracker::new(),
             lost: AtomicU64::new(0),
@@ -177,6 +188,9 @@ impl Inner {
                 book,
                 ..State::default()
             }),
+            budget: Budget::new(total_queue_bytes),
+            scores: Mutex::new(Scores::new(score_config)),
+            limiter: Mutex::new(Limiter::new(handshake_limit)),
             next_conn: AtomicU64::new(1),
             next_request: AtomicU64::new(1),
         });
@@ -196,13 +210,15 @@ impl Inner {
         self.shared.events.is_closing()
     }
 
-    /// The peer `address`, created if the peer book or `open` allows it.
-    pub(crate) fn peer_entry(st: &mut State, address: Address, queue_bytes: usize) -> Arc<Peer> {
-        Arc::clone(
-            st.peers
-                .entry(address)
-                .or_insert_with(|| Arc::new(Peer::new(address, queue_bytes))),
-        )
+    /// The peer `address`, created if absent (the caller checked the peer book or `open`).
+    pub(crate) fn peer_entry(&self, st: &mut State, address: Address) -> Arc<Peer> {
+        Arc::clone(st.peers.entry(address).or_insert_with(|| {
+            Arc::new(Peer::new(
+                address,
+                self.config.queue_bytes,
+                Arc::clone(&self.budget),
+            ))
+        }))
     }
 
     /// Queues `msg` for `peer` and dials if no connection serves it; `register` runs under
@@ -218,10 +234,12 @@ impl Inner {
             self.metrics().drop_msg(match e {
                 SendError::UnknownPeer(_) => "unknown_peer",
                 SendError::QueueFull { .. } => "queue_full",
+                SendError::TotalQueueFull { .. } => "total_queue_full",
                 SendError::PayloadTooLarge { .. } => "payload_too_large",
                 SendError::OutboundLimit => "outbound_limit",
                 SendError::Shutdown => "shutdown",
                 SendError::Reserved(_) => "reserved",
+                SendError::Banned(_) => "banned",
             });
         }
         r
@@ -261,20 +279,27 @@ impl Inner {
                 });
             }
         }
+        if self.is_banned(&peer) {
+            return Err(SendError::Banned(peer));
+        }
         let mut st = lock(&self.state);
         let dial_to = st.book.get(&peer).copied();
         let p = match st.peers.get(&peer) {
             Some(p) => Arc::clone(p),
-            None if dial_to.is_some() => Self::peer_entry(&mut st, peer, self.config.queue_bytes),
+            None if dial_to.is_some() => self.peer_entry(&mut st, peer),
             None => return Err(SendError::UnknownPeer(peer)),
         };
         let mut q = p.lock();
-        let full = |f: super::queue::Full| SendError::QueueFull {
-            peer,
-            queued: f.queued,
-            limit: self.config.queue_bytes,
+        let full = |f: Full| match f {
+            Full::Peer { queued } => SendError::QueueFull {
+                peer,
+                queued,
+                limit: self.config.queue_bytes,
+            },
+            Full::Total { used, limit } => SendError::TotalQueueFull { used, limit },
         };
-        q.queue.check(&msg).map_err(full)?;
+        // Released by every early return below; the queue takes it over on push.
+        let reserved = q.queue.check(&msg).map_err(full)?;
         let mut dial = None;
         if q.current.is_none() && !q.dialing {
             let Some(addr) = dial_to else {
@@ -289,7 +314,7 @@ impl Inner {
         }
         drop(st);
         register(&mut q);
-        q.queue.push(msg).map_err(full)?;
+        q.queue.push(msg, reserved).map_err(full)?;
         if let Some(c) = &q.current {
             c.wake.notify_one();
         }
@@ -351,8 +376,20 @@ impl Inner {
         inbound: bool,
         slot: Slot,
     ) {
+        if self.is_banned(&peer.address) {
+            // Banned while this handshake ran: the socket closes here, unused.
+            if !inbound {
+                peer.lock().dialing = false;
+            }
+            tracing::debug!(peer = %peer.address, inbound, "connection to a banned peer dropped");
+            return;
+        }
         let dialer = if inbound { est.remote } else { self.address };
-        let conn = ConnRef::new(self.next_conn.fetch_add(1, Ordering::Relaxed), dialer);
+        let conn = ConnRef::new(
+            self.next_conn.fetch_add(1, Ordering::Relaxed),
+            dialer,
+            &self.shared.kill,
+        );
         let still_known = lock(&self.state).peers.contains_key(&peer.address);
         {
             let mut q = peer.lock();
@@ -387,6 +424,57 @@ impl Inner {
         .await;
     }
 
+    /// True while `peer` is banned.
+    pub(crate) fn is_banned(&self, peer: &Address) -> bool {
+        lock(&self.scores).is_banned(peer, Instant::now())
+    }
+
+    /// Scores `offence` against `peer`, banning it past the threshold.
+    pub(crate) fn penalise(self: &Arc<Self>, peer: Address, offence: Offence) {
+        let now = Instant::now();
+        let (verdict, banned) = {
+            let mut sc = lock(&self.scores);
+            let v = sc.penalise(peer, offence, now);
+            (v, sc.banned(now))
+        };
+        self.metrics().penalty(offence.label());
+        tracing::debug!(%peer, offence = offence.label(), "peer penalised");
+        if verdict == Verdict::Banned {
+            self.ban(peer, banned);
+        }
+    }
+
+    /// Cuts a freshly banned peer off: its current connection is torn down without Goodbye
+    /// (WIRE.md 5.1), its queue dropped and its requests failed.
+    fn ban(self: &Arc<Self>, peer: Address, banned: usize) {
+        let ban = self.config.score.ban_duration;
+        tracing::warn!(%peer, ?ban, "peer banned for misbehaving");
+        self.metrics().banned(banned);
+        let p = lock(&self.state).peers.get(&peer).cloned();
+        if let Some(p) = p {
+            let mut q = p.lock();
+            for _ in 0..q.queue.clear() {
+                self.metrics().drop_msg("banned");
+            }
+            q.fail_pending(RequestError::ConnectionClosed);
+            if let Some(c) = q.current.take() {
+                c.abort_with(conn::BANNED);
+            }
+        }
+        self.shared.events.try_emit(Event::Banned { peer, ban });
+        // The gauge follows the ban's end even if nothing else happens by then.
+        let inner = Arc::clone(self);
+        let closing = self.shared.events.closing.clone();
+        self.shared.tracker.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(ban) => {}
+                _ = closing.cancelled() => return,
+            }
+            let n = lock(&inner.scores).banned(Instant::now());
+            inner.metrics().set_banned(n);
+        });
+    }
+
     /// Called when connection `conn` of `peer` stops serving it; returns true if it was the
     /// current one.
     pub(crate) fn detach(&self, peer: &Peer, conn: u64) -> bool {
@@ -411,7 +499,11 @@ impl Inner {
         q.fail_pending(self.closed_error());
         let waiting = q.queue.len() > 0;
         let addr = st.book.get(&peer.address).copied();
-        if waiting && !q.dialing && !self.shared.kill.is_cancelled() {
+        if waiting
+            && !q.dialing
+            && !self.shared.kill.is_cancelled()
+            && !self.is_banned(&peer.address)
+        {
             if let Some(addr) = addr.filter(|_| st.outbound < self.config.max_outbound) {
                 st.outbound += 1;
                 q.dialing = true;
@@ -492,5 +584,9 @@ impl PoolLink for PeerLink {
 
     fn ended(&self, conn: u64) {
         self.inner.conn_ended(&self.peer, conn);
+    }
+
+    fn penalise(&self, offence: Offence) {
+        self.inner.penalise(self.peer.address, offence);
     }
 }

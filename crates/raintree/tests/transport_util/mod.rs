@@ -144,7 +144,15 @@ pub mod raw {
     }
 
     pub async fn connect(to: std::net::SocketAddr, expected: Address) -> RawSession {
-        let identity = Identity::generate();
+        connect_as(Identity::generate(), to, expected).await
+    }
+
+    /// Like [`connect`] with a chosen identity (a listed peer turned hostile).
+    pub async fn connect_as(
+        identity: Identity,
+        to: std::net::SocketAddr,
+        expected: Address,
+    ) -> RawSession {
         let keys = LocalKeys::generate(&identity).unwrap();
         let sock = TcpStream::connect(to).await.unwrap();
         let (r, mut w) = sock.into_split();
@@ -173,6 +181,14 @@ pub mod raw {
             let mut out = (n as u16).to_be_bytes().to_vec();
             out.extend_from_slice(&msg[..n]);
             self.writer.write_all(&out).await.unwrap();
+        }
+
+        /// Frames and sends `msgs` in one Noise message per frame.
+        pub async fn send_messages(&mut self, msgs: &[raintree::proto::wire::Message]) {
+            for m in msgs {
+                let frame = raintree::transport::framing::encode_frame(m);
+                self.send_plain(&frame).await;
+            }
         }
 
         /// Writes raw bytes to the socket.
