@@ -1,0 +1,146 @@
+//! The README's simulator tables are golden outputs: the simulator is deterministic, so each
+//! table is regenerated here from the same settings and must match the README row for row.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+const README: &str = include_str!("../../../README.md");
+
+/// One `raintree sim --json` run.
+fn sim(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_raintree"))
+        .arg("sim")
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("the binary runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+fn int(v: &Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or_else(|| panic!("{key} in {v}"))
+}
+
+/// `1234567` as `1,234,567`, the README's style for counts.
+fn grouped(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The README's table whose header line starts with `header`, as its data rows.
+fn readme_rows(header: &str) -> Vec<String> {
+    let mut lines = README.lines().skip_while(|l| !l.starts_with(header));
+    assert!(lines.next().is_some(), "README has a table `{header}`");
+    lines
+        .skip(1)
+        .take_while(|l| l.starts_with('|'))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn cleanup_table_matches_the_simulator() {
+    let mut rows = Vec::new();
+    for strategy in ["reference", "exact"] {
+        for cleanup in ["off", "on"] {
+            let r = sim(&[
+                "--nodes",
+                "2000",
+                "--strategy",
+                strategy,
+                "--dead-percent",
+                "10",
+                "--cleanup",
+                cleanup,
+                "--seed",
+                "1",
+            ]);
+            let full = match r["time_to_full_ms"].as_f64() {
+                Some(ms) => format!("{:.2} s", ms / 1000.0),
+                None => "never".into(),
+            };
+            rows.push(format!(
+                "| {strategy} | {cleanup} | {} / {} | {} | {} | {:.2} | {full} | {} |",
+                grouped(int(&r, "covered")),
+                grouped(int(&r, "live")),
+                grouped(int(&r, "sends")),
+                grouped(int(&r, "resends")),
+                r["rmr"].as_f64().unwrap(),
+                grouped(int(&r, "igyw")),
+            ));
+        }
+    }
+    assert_eq!(
+        readme_rows("| strategy | clean-up | covered / live |"),
+        rows
+    );
+}
+
+#[test]
+fn hostile_table_matches_the_simulator() {
+    let n = 2000u64;
+    let mut rows = Vec::new();
+    let mut clean_sends = 0;
+    for (kind, target) in [
+        ("none", ""),
+        ("blackhole", "100% honest, sends ≤ 2.5x(N-1)"),
+        ("forge", "zero forged deliveries"),
+        ("inflate", "sends within 1.1x of none"),
+        ("flood", ""),
+    ] {
+        let mut args = vec![
+            "--nodes",
+            "2000",
+            "--strategy",
+            "exact",
+            "--acks",
+            "on",
+            "--cleanup",
+            "on",
+            "--signatures",
+            "--seed",
+            "1",
+        ];
+        if kind != "none" {
+            args.extend(["--hostile-percent", "10", "--hostile", kind]);
+        }
+        let r = sim(&args);
+        let sends = int(&r, "sends");
+        if kind == "none" {
+            clean_sends = sends;
+        }
+        let (honest, covered) = (int(&r, "honest"), int(&r, "honest_covered"));
+        let target = if target.is_empty() {
+            String::new()
+        } else {
+            format!(" {target}")
+        };
+        rows.push(format!(
+            "| {kind} | {covered} of {honest} | {sends} | {:.2} | {} | {} |{target} |",
+            sends as f64 / (n - 1) as f64,
+            int(&r, "igyw"),
+            int(&r, "forged_deliveries"),
+        ));
+        // The targets themselves, so a drift that breaks one fails loudly, not as a diff.
+        match kind {
+            "blackhole" => assert!(covered == honest && sends as f64 <= 2.5 * (n - 1) as f64),
+            "forge" => assert_eq!(int(&r, "forged_deliveries"), 0),
+            "inflate" => assert!(sends as f64 <= 1.1 * clean_sends as f64),
+            _ => {}
+        }
+    }
+    assert_eq!(readme_rows("| hostile | honest covered | sends |"), rows);
+}
