@@ -166,3 +166,21 @@ impl NodeMetrics {
         self.peers.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Engine counters deliberately not exported (internal detail or covered by another).
+    const NOT_EXPORTED: [&str; 4] = ["igyw_want", "igyw_have", "evicted", "seen_full"];
+
+    #[test]
+    fn every_engine_counter_is_exported_once_or_listed_as_internal() {
+        for (name, _) in Stats::FIELDS {
+            let one: Stats = serde_json::from_str(&format!("{{\"{name}\": 1}}")).unwrap();
+            let exported = COUNTERS.iter().filter(|(_, _, get)| get(&one) == 1).count();
+            let expected = usize::from(!NOT_EXPORTED.contains(name));
+            assert_eq!(exported, expected, "engine counter `{name}`");
+        }
+    }
+}

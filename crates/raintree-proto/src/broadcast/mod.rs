@@ -56,92 +56,83 @@ pub enum Output {
     },
 }
 
-/// Counters of everything the engine did, for metrics and the simulator.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Stats {
-    /// Broadcasts originated here.
-    pub broadcasts: u64,
-    /// Payloads handed to the application.
-    pub deliveries: u64,
-    /// Copies of already known messages received.
-    pub duplicates: u64,
-    /// Gossip messages sent (tree, resend, ring and clean-up).
-    pub gossip_sent: u64,
-    /// ACKs sent.
-    pub acks_sent: u64,
-    /// ACKs received that matched a pending send.
-    pub acks_received: u64,
-    /// Tree sends whose ACK did not come in time.
-    pub ack_timeouts: u64,
-    /// Replacement sends after a failed tree send (ACK timeout or unreachable peer).
-    pub resends: u64,
-    /// Failed tree sends with no node left to take their part.
-    pub give_ups: u64,
-    /// Redundancy-layer ring pushes sent.
-    pub redundancy_sends: u64,
-    /// IGYW offers sent.
-    pub igyw_sent: u64,
-    /// WANT replies received to our offers.
-    pub igyw_want: u64,
-    /// HAVE replies received to our offers.
-    pub igyw_have: u64,
-    /// Full messages sent after a WANT.
-    pub cleanup_sends: u64,
-    /// Messages refused (wrong strategy, oversized, unexpected kind).
-    pub rejected: u64,
-    /// Seen-set entries dropped for capacity before their age limit.
-    pub evicted: u64,
-    /// Transport reports of a peer that cannot be reached.
-    pub unreachable: u64,
-    /// Peers newly suspected after a failure (SPEC 4).
-    pub suspicions: u64,
-    /// Tree sends passed over because their target was suspected.
-    pub skips: u64,
-    /// IGYW probes sent to suspected peers.
-    pub probes: u64,
-    /// Failed parts of the exact tree re-split among their remaining nodes.
-    pub resplits: u64,
-    /// Messages offered again to a peer that failed to take them, once it was heard from.
-    pub repaid: u64,
-    /// Copies dropped as forged: a broadcast whose signature does not verify, a duplicate
-    /// whose payload is not the one delivered, a direct message in another node's name.
-    pub forged: u64,
-    /// Tree copies refused because no correct sender could give them their level or range.
-    pub impossible: u64,
-    /// New ids refused because the seen-set and its tombstones were full of ids within
-    /// their age limit.
-    pub seen_full: u64,
+/// Defines [`Stats`] from one list of counters: the struct, `add` and `FIELDS` cannot
+/// disagree, and a new counter is written once.
+macro_rules! engine_stats {
+    ($($(#[doc = $doc:expr])+ $name:ident,)+) => {
+        /// Counters of everything the engine did, for metrics and the simulator.
+        #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+        #[serde(default)]
+        pub struct Stats {
+            $($(#[doc = $doc])+ pub $name: u64,)+
+        }
+
+        impl Stats {
+            /// Every counter's name and value accessor, in declaration order.
+            pub const FIELDS: &'static [(&'static str, fn(&Stats) -> u64)] =
+                &[$((stringify!($name), |s: &Stats| s.$name),)+];
+
+            /// Adds every counter of `other` to this one.
+            pub fn add(&mut self, o: &Stats) {
+                $(self.$name += o.$name;)+
+            }
+        }
+    };
 }
 
-impl Stats {
-    /// Adds every counter of `other` to this one.
-    pub fn add(&mut self, o: &Stats) {
-        self.broadcasts += o.broadcasts;
-        self.deliveries += o.deliveries;
-        self.duplicates += o.duplicates;
-        self.gossip_sent += o.gossip_sent;
-        self.acks_sent += o.acks_sent;
-        self.acks_received += o.acks_received;
-        self.ack_timeouts += o.ack_timeouts;
-        self.resends += o.resends;
-        self.give_ups += o.give_ups;
-        self.redundancy_sends += o.redundancy_sends;
-        self.igyw_sent += o.igyw_sent;
-        self.igyw_want += o.igyw_want;
-        self.igyw_have += o.igyw_have;
-        self.cleanup_sends += o.cleanup_sends;
-        self.rejected += o.rejected;
-        self.evicted += o.evicted;
-        self.unreachable += o.unreachable;
-        self.suspicions += o.suspicions;
-        self.skips += o.skips;
-        self.probes += o.probes;
-        self.resplits += o.resplits;
-        self.repaid += o.repaid;
-        self.forged += o.forged;
-        self.impossible += o.impossible;
-        self.seen_full += o.seen_full;
-    }
+engine_stats! {
+    /// Broadcasts originated here.
+    broadcasts,
+    /// Payloads handed to the application.
+    deliveries,
+    /// Copies of already known messages received.
+    duplicates,
+    /// Gossip messages sent (tree, resend, ring and clean-up).
+    gossip_sent,
+    /// ACKs sent.
+    acks_sent,
+    /// ACKs received that matched a pending send.
+    acks_received,
+    /// Tree sends whose ACK did not come in time.
+    ack_timeouts,
+    /// Replacement sends after a failed tree send (ACK timeout or unreachable peer).
+    resends,
+    /// Failed tree sends with no node left to take their part.
+    give_ups,
+    /// Redundancy-layer ring pushes sent.
+    redundancy_sends,
+    /// IGYW offers sent.
+    igyw_sent,
+    /// WANT replies received to our offers.
+    igyw_want,
+    /// HAVE replies received to our offers.
+    igyw_have,
+    /// Full messages sent after a WANT.
+    cleanup_sends,
+    /// Messages refused (wrong strategy, oversized, unexpected kind).
+    rejected,
+    /// Seen-set entries dropped for capacity before their age limit.
+    evicted,
+    /// Transport reports of a peer that cannot be reached.
+    unreachable,
+    /// Peers newly suspected after a failure (SPEC 4).
+    suspicions,
+    /// Tree sends passed over because their target was suspected.
+    skips,
+    /// IGYW probes sent to suspected peers.
+    probes,
+    /// Failed parts of the exact tree re-split among their remaining nodes.
+    resplits,
+    /// Messages offered again to a peer that failed to take them, once it was heard from.
+    repaid,
+    /// Copies dropped as forged: a broadcast whose signature does not verify, a duplicate
+    /// whose payload is not the one delivered, a direct message in another node's name.
+    forged,
+    /// Tree copies refused because no correct sender could give them their level or range.
+    impossible,
+    /// New ids refused because the seen-set and its tombstones were full of ids within
+    /// their age limit.
+    seen_full,
 }
 
 /// Why the engine refused an input.
