@@ -144,3 +144,54 @@ fn hostile_table_matches_the_simulator() {
     }
     assert_eq!(readme_rows("| hostile | honest covered | sends |"), rows);
 }
+
+#[test]
+fn redundancy_table_matches_the_simulator() {
+    let settings: [(&str, &[&str]); 2] = [
+        (
+            "every node knows 90% of peers",
+            &["--partial-view-percent", "90"],
+        ),
+        (
+            "10% dead, no ACKs",
+            &["--dead-percent", "10", "--acks", "off"],
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (label, base) in settings {
+        for (i, red) in ["off", "right", "both"].into_iter().enumerate() {
+            let run = |strategy: &str| {
+                let mut args = vec![
+                    "--nodes",
+                    "2000",
+                    "--broadcasts",
+                    "5",
+                    "--strategy",
+                    strategy,
+                ];
+                args.extend_from_slice(base);
+                args.extend(["--redundancy", red]);
+                let r = sim(&args);
+                let covered = r["covered_mean"].as_f64().unwrap().round() as u64;
+                let sends = (int(&r, "sends") as f64 / 5.0).round() as u64;
+                (covered, int(&r, "live"), sends)
+            };
+            let ((rc, live, rs), (ec, _, es)) = (run("reference"), run("exact"));
+            let (name, rc, ec) = if i == 0 {
+                (
+                    format!("{label}, redundancy {red}"),
+                    format!("{} / {}", grouped(rc), grouped(live)),
+                    format!("{} / {}", grouped(ec), grouped(live)),
+                )
+            } else {
+                (format!("same, redundancy {red}"), grouped(rc), grouped(ec))
+            };
+            rows.push(format!(
+                "| {name} | {rc} | {ec} | {} / {} |",
+                grouped(rs),
+                grouped(es)
+            ));
+        }
+    }
+    assert_eq!(readme_rows("| setting | reference | exact |"), rows);
+}
