@@ -199,9 +199,9 @@ impl Sink for Outputs<'_> {
 
 /// What a waiting delivery costs against `delivery_buffer_bytes` beyond its payload, so a
 /// flood of empty payloads is bounded too.
-const DELIVERY_OVERHEAD: usize = 64;
+pub(super) const DELIVERY_OVERHEAD: usize = 64;
 
-fn delivery_cost(d: &Delivery) -> usize {
+pub(super) fn delivery_cost(d: &Delivery) -> usize {
     d.payload.len() + DELIVERY_OVERHEAD
 }
 
