@@ -23,21 +23,25 @@ pub enum Offence {
     Decrypt,
     /// A broadcast whose origin is not proven (`EngineError::Forged`).
     Forged,
-    /// A tree copy with a level or range no correct sender could send.
+    /// A tree copy with a level or range no correct sender could send, refused.
     ImpossibleRange,
+    /// A tree copy whose range was cut to what a correct sender could give
+    /// (`Output::Misbehaved`); also sent by honest peers whose peer list differs for a while.
+    RangeCut,
     /// Any other input the protocol refused, or an `Output::Misbehaved` report.
     Refused,
 }
 
 impl Offence {
     /// Every offence, in label order.
-    pub const ALL: [Offence; 7] = [
+    pub const ALL: [Offence; 8] = [
         Offence::Oversized,
         Offence::Malformed,
         Offence::Truncated,
         Offence::Decrypt,
         Offence::Forged,
         Offence::ImpossibleRange,
+        Offence::RangeCut,
         Offence::Refused,
     ];
 
@@ -50,19 +54,23 @@ impl Offence {
             Offence::Decrypt => "decrypt",
             Offence::Forged => "forged",
             Offence::ImpossibleRange => "impossible_range",
+            Offence::RangeCut => "range_cut",
             Offence::Refused => "refused",
         }
     }
 
     /// Points against the default threshold of 100. A bad frame closes its connection, so it
     /// costs a reconnect and a handshake per offence: a quarter of a ban each. A forgery needs
-    /// a signature check per copy; a cut range or a refusal is cheap to absorb.
+    /// a signature check per copy; a refusal is cheap to absorb. A cut range is already
+    /// harmless and honest peers send them while peer lists differ, so it takes a sustained
+    /// stream of them (hundreds within a half-life) to ban.
     pub fn points(self) -> f64 {
         match self {
             Offence::Oversized | Offence::Malformed | Offence::Decrypt => 25.0,
             Offence::Truncated => 10.0,
             Offence::Forged => 10.0,
             Offence::ImpossibleRange => 5.0,
+            Offence::RangeCut => 0.25,
             Offence::Refused => 2.0,
         }
     }
