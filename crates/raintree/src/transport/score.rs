@@ -196,7 +196,8 @@ impl Scores {
     }
 
     /// Forgets entries that no longer matter, then (if still full) the lowest unbanned score,
-    /// so an attacker with many identities cannot grow the map or evict a ban.
+    /// so an attacker with many identities cannot grow the map or evict a ban with scores
+    /// alone; only when every entry is a live ban does the soonest-ending ban go.
     fn make_room(&mut self, now: Instant) {
         let floor = self.config.ban_threshold / 100.0;
         let half = self.config.half_life;
@@ -213,7 +214,15 @@ impl Scores {
             .filter(|(_, e)| e.banned_until.is_none_or(|t| t <= now))
             .min_by(|a, b| decay(half, a.1, now).total_cmp(&decay(half, b.1, now)))
             .map(|(a, _)| *a);
-        if let Some(a) = lowest {
+        // Full of live bans (many identities, each banned): the one ending soonest goes, so
+        // the map stays bounded even then.
+        let victim = lowest.or_else(|| {
+            self.peers
+                .iter()
+                .min_by_key(|(_, e)| e.banned_until)
+                .map(|(a, _)| *a)
+        });
+        if let Some(a) = victim {
             self.peers.remove(&a);
         }
     }
@@ -294,6 +303,22 @@ mod tests {
         }
         assert!(s.peers.len() <= 4);
         assert!(s.is_banned(&banned, now));
+    }
+
+    #[test]
+    fn the_map_stays_bounded_when_full_of_bans() {
+        let mut now = Instant::now();
+        let mut s = Scores::new(cfg());
+        for i in 0..50u8 {
+            for _ in 0..4 {
+                s.penalise(Address([i; 20]), Offence::Oversized, now);
+            }
+            assert!(s.peers.len() <= 4);
+            now += Duration::from_millis(10);
+        }
+        // The latest bans are the ones kept.
+        assert!(s.is_banned(&Address([49; 20]), now));
+        assert!(!s.is_banned(&Address([0; 20]), now));
     }
 
     #[test]
