@@ -325,7 +325,6 @@ async fn a_handshake_flood_from_one_ip_is_cut_before_any_crypto() {
         };
     })
     .await;
-    let fds = fd_count();
     // A's connection took one token from 127.0.0.1; three more handshakes fit the burst.
     let mut sessions = Vec::new();
     for _ in 0..3 {
@@ -351,5 +350,4 @@ async fn a_handshake_flood_from_one_ip_is_cut_before_any_crypto() {
     drop(socks);
     drop(sessions);
     finish(a, b).await;
-    assert!(fd_count() <= fds, "fds {} > baseline {fds}", fd_count());
 }

@@ -155,3 +155,41 @@ fn idle_close_redial_and_failed_dials_close_their_sockets() {
         }
     });
 }
+
+#[test]
+fn bans_and_rate_limited_connections_close_every_socket() {
+    with_fd_check(|| async {
+        let mut cfg = config();
+        cfg.open = true;
+        cfg.score.ban_threshold = 50.0;
+        cfg.handshake_limit = raintree::transport::HandshakeLimit {
+            rate: 0.001,
+            burst: 3,
+            ..Default::default()
+        };
+        let mut b = start(Identity::generate(), cfg).await;
+        let bad = Identity::generate();
+        // Two malformed frames ban the peer; its third handshake is refused.
+        for _ in 0..3 {
+            let mut s = raw::connect_as(bad.clone(), b.t.local_addr(), b.t.address()).await;
+            let mut plain = 2u32.to_be_bytes().to_vec();
+            plain.extend_from_slice(&[0xff, 0xff]);
+            s.send_plain(&plain).await;
+            assert!(s.closed_by_peer().await);
+        }
+        assert!(b.t.is_banned(bad.address()));
+        assert_eq!(b.metrics.refused("banned"), 1);
+        // The token bucket is empty now: plain sockets are closed on accept.
+        for _ in 0..3 {
+            let mut sock = TcpStream::connect(b.t.local_addr()).await.unwrap();
+            assert!(socket_closed(&mut sock).await);
+        }
+        next_matching(&mut b.events, |ev| match ev {
+            Event::Refused { reason, .. } if reason.label() == "rate_limited" => Some(()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(b.metrics.refused("rate_limited"), 3);
+        assert!(!b.t.shutdown(Duration::from_secs(5)).await.forced);
+    });
+}

@@ -175,7 +175,7 @@ impl Sink for Outputs<'_> {
         tracing::debug!(%peer, reason, "peer misbehaved");
         // The engine's only report today is a cut range; anything else scores as a refusal.
         let o = if reason.contains("range") {
-            Offence::ImpossibleRange
+            Offence::RangeCut
         } else {
             Offence::Refused
         };

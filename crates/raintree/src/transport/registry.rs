@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -97,6 +97,8 @@ pub(crate) struct Inner {
     pub budget: Arc<Budget>,
     /// Misbehaviour scores and bans, by peer.
     pub scores: Mutex<Scores>,
+    /// Set on the first ban: until then the per-message ban check takes no lock.
+    any_ban: AtomicBool,
     /// Handshake token buckets, by remote IP.
     pub limiter: Mutex<Limiter>,
     next_conn: AtomicU64,
@@ -190,6 +192,7 @@ impl Inner {
             }),
             budget: Budget::new(total_queue_bytes),
             scores: Mutex::new(Scores::new(score_config)),
+            any_ban: AtomicBool::new(false),
             limiter: Mutex::new(Limiter::new(handshake_limit)),
             next_conn: AtomicU64::new(1),
             next_request: AtomicU64::new(1),
@@ -426,20 +429,24 @@ impl Inner {
 
     /// True while `peer` is banned.
     pub(crate) fn is_banned(&self, peer: &Address) -> bool {
-        lock(&self.scores).is_banned(peer, Instant::now())
+        self.any_ban.load(Ordering::Acquire) && lock(&self.scores).is_banned(peer, Instant::now())
     }
 
     /// Scores `offence` against `peer`, banning it past the threshold.
     pub(crate) fn penalise(self: &Arc<Self>, peer: Address, offence: Offence) {
         let now = Instant::now();
-        let (verdict, banned) = {
+        let banned = {
             let mut sc = lock(&self.scores);
             let v = sc.penalise(peer, offence, now);
-            (v, sc.banned(now))
+            if v == Verdict::Banned {
+                // Under the lock, so no send checks in between sees the ban missing.
+                self.any_ban.store(true, Ordering::Release);
+            }
+            (v == Verdict::Banned).then(|| sc.banned(now))
         };
         self.metrics().penalty(offence.label());
         tracing::debug!(%peer, offence = offence.label(), "peer penalised");
-        if verdict == Verdict::Banned {
+        if let Some(banned) = banned {
             self.ban(peer, banned);
         }
     }

@@ -23,21 +23,25 @@ pub enum Offence {
     Decrypt,
     /// A broadcast whose origin is not proven (`EngineError::Forged`).
     Forged,
-    /// A tree copy with a level or range no correct sender could send.
+    /// A tree copy with a level or range no correct sender could send, refused.
     ImpossibleRange,
+    /// A tree copy whose range was cut to what a correct sender could give
+    /// (`Output::Misbehaved`); also sent by honest peers whose peer list differs for a while.
+    RangeCut,
     /// Any other input the protocol refused, or an `Output::Misbehaved` report.
     Refused,
 }
 
 impl Offence {
     /// Every offence, in label order.
-    pub const ALL: [Offence; 7] = [
+    pub const ALL: [Offence; 8] = [
         Offence::Oversized,
         Offence::Malformed,
         Offence::Truncated,
         Offence::Decrypt,
         Offence::Forged,
         Offence::ImpossibleRange,
+        Offence::RangeCut,
         Offence::Refused,
     ];
 
@@ -50,19 +54,23 @@ impl Offence {
             Offence::Decrypt => "decrypt",
             Offence::Forged => "forged",
             Offence::ImpossibleRange => "impossible_range",
+            Offence::RangeCut => "range_cut",
             Offence::Refused => "refused",
         }
     }
 
     /// Points against the default threshold of 100. A bad frame closes its connection, so it
     /// costs a reconnect and a handshake per offence: a quarter of a ban each. A forgery needs
-    /// a signature check per copy; a cut range or a refusal is cheap to absorb.
+    /// a signature check per copy; a refusal is cheap to absorb. A cut range is already
+    /// harmless and honest peers send them while peer lists differ, so it takes a sustained
+    /// stream of them (hundreds within a half-life) to ban.
     pub fn points(self) -> f64 {
         match self {
             Offence::Oversized | Offence::Malformed | Offence::Decrypt => 25.0,
             Offence::Truncated => 10.0,
             Offence::Forged => 10.0,
             Offence::ImpossibleRange => 5.0,
+            Offence::RangeCut => 0.25,
             Offence::Refused => 2.0,
         }
     }
@@ -188,7 +196,8 @@ impl Scores {
     }
 
     /// Forgets entries that no longer matter, then (if still full) the lowest unbanned score,
-    /// so an attacker with many identities cannot grow the map or evict a ban.
+    /// so an attacker with many identities cannot grow the map or evict a ban with scores
+    /// alone; only when every entry is a live ban does the soonest-ending ban go.
     fn make_room(&mut self, now: Instant) {
         let floor = self.config.ban_threshold / 100.0;
         let half = self.config.half_life;
@@ -205,7 +214,15 @@ impl Scores {
             .filter(|(_, e)| e.banned_until.is_none_or(|t| t <= now))
             .min_by(|a, b| decay(half, a.1, now).total_cmp(&decay(half, b.1, now)))
             .map(|(a, _)| *a);
-        if let Some(a) = lowest {
+        // Full of live bans (many identities, each banned): the one ending soonest goes, so
+        // the map stays bounded even then.
+        let victim = lowest.or_else(|| {
+            self.peers
+                .iter()
+                .min_by_key(|(_, e)| e.banned_until)
+                .map(|(a, _)| *a)
+        });
+        if let Some(a) = victim {
             self.peers.remove(&a);
         }
     }
@@ -286,6 +303,22 @@ mod tests {
         }
         assert!(s.peers.len() <= 4);
         assert!(s.is_banned(&banned, now));
+    }
+
+    #[test]
+    fn the_map_stays_bounded_when_full_of_bans() {
+        let mut now = Instant::now();
+        let mut s = Scores::new(cfg());
+        for i in 0..50u8 {
+            for _ in 0..4 {
+                s.penalise(Address([i; 20]), Offence::Oversized, now);
+            }
+            assert!(s.peers.len() <= 4);
+            now += Duration::from_millis(10);
+        }
+        // The latest bans are the ones kept.
+        assert!(s.is_banned(&Address([49; 20]), now));
+        assert!(!s.is_banned(&Address([0; 20]), now));
     }
 
     #[test]
