@@ -957,15 +957,10 @@ impl Core {
     /// A reference tree send: a suspected target is probed and replaced by its neighbours at
     /// once, exactly as an ACK timeout would have done (SPEC 4), without the wait.
     fn reference_send(&mut self, now: Duration, id: MessageId, e: &mut Entry, off: usize, l: u32) {
-        let Some(to) = e.peers.at_offset(e.my_pos, off) else {
+        let Some(to) = self.other_at(e, off) else {
             return;
         };
-        if to == self.me {
-            return;
-        }
-        if self.acks_on() && self.live.is_suspected(&to, now) {
-            self.stats.skips += 1;
-            self.probe(now, id, e, to, 0);
+        if self.skip_suspected(now, id, e, to) {
             self.resend_to_neighbours(id, e, off, l);
             return;
         }
@@ -992,20 +987,32 @@ impl Core {
             if len == 0 {
                 continue;
             }
-            let Some(to) = e.peers.at_offset(e.my_pos, off) else {
+            let Some(to) = self.other_at(e, off) else {
                 continue;
             };
-            if to == self.me {
-                continue;
-            }
-            if self.acks_on() && self.live.is_suspected(&to, now) {
-                self.stats.skips += 1;
-                self.probe(now, id, e, to, 1);
+            if self.skip_suspected(now, id, e, to) {
                 push_split(&mut work, off + 1, len - 1);
                 continue;
             }
             self.tree_send(now, id, e, to, off, clamp_u32(len as u64));
         }
+    }
+
+    /// The peer at view offset `off` of this message, unless that is this node itself.
+    fn other_at(&self, e: &Entry, off: usize) -> Option<Address> {
+        e.peers.at_offset(e.my_pos, off).filter(|to| *to != self.me)
+    }
+
+    /// With ACKs on, a suspected tree target gets only a probe (and a leaf copy if it turns out
+    /// to be back): true when `to` was passed over that way.
+    fn skip_suspected(&mut self, now: Duration, id: MessageId, e: &mut Entry, to: Address) -> bool {
+        if !(self.acks_on() && self.live.is_suspected(&to, now)) {
+            return false;
+        }
+        self.stats.skips += 1;
+        let leaf = self.leaf_lor();
+        self.probe(now, id, e, to, leaf);
+        true
     }
 
     fn acks_on(&self) -> bool {
@@ -1136,10 +1143,10 @@ impl Core {
         let mut sent = 0;
         let mut last = None;
         for off in [(offset + 1) % n, (offset + n - 1) % n] {
-            let Some(to) = e.peers.at_offset(e.my_pos, off) else {
+            let Some(to) = self.other_at(e, off) else {
                 continue;
             };
-            if to == self.me || last == Some(to) {
+            if last == Some(to) {
                 continue;
             }
             last = Some(to);
@@ -1258,12 +1265,9 @@ impl Core {
         *done = true;
         let n = e.peers.len();
         let offset = if left { n.saturating_sub(1) } else { 1 };
-        let Some(to) = e.peers.at_offset(e.my_pos, offset) else {
+        let Some(to) = self.other_at(e, offset) else {
             return;
         };
-        if to == self.me {
-            return;
-        }
         let route = if left {
             Route::RingLeft
         } else {
@@ -1330,12 +1334,9 @@ impl Core {
             if len == 0 {
                 continue;
             }
-            let Some(to) = e.peers.at_offset(e.my_pos, off) else {
+            let Some(to) = self.other_at(e, off) else {
                 continue;
             };
-            if to == self.me {
-                continue;
-            }
             if self.live.is_suspected(&to, now) {
                 push_split(&mut work, off + 1, len - 1);
                 continue;
