@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use raintree_proto::wire::Strategy;
@@ -166,10 +167,15 @@ fn x_max(curves: &[(usize, Vec<f64>)]) -> f64 {
     (m * 1.05).max(1.0)
 }
 
-fn coverage_chart(area: &Area, curves: &[(usize, Vec<f64>)]) -> Result<(), String> {
-    let xmax = x_max(curves);
+/// A chart of a share (0 to 1) against milliseconds since broadcast, axes drawn.
+fn share_chart<'a, 'b>(
+    area: &'a Area<'b>,
+    caption: &str,
+    y_desc: &str,
+    xmax: f64,
+) -> Result<ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>, String> {
     let mut chart = ChartBuilder::on(area)
-        .caption("Coverage of live nodes", ("sans-serif", 20))
+        .caption(caption, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(55)
@@ -178,9 +184,20 @@ fn coverage_chart(area: &Area, curves: &[(usize, Vec<f64>)]) -> Result<(), Strin
     chart
         .configure_mesh()
         .x_desc("ms since broadcast")
-        .y_desc("fraction of live nodes")
+        .y_desc(y_desc)
         .draw()
         .map_err(err)?;
+    Ok(chart)
+}
+
+fn coverage_chart(area: &Area, curves: &[(usize, Vec<f64>)]) -> Result<(), String> {
+    let xmax = x_max(curves);
+    let mut chart = share_chart(
+        area,
+        "Coverage of live nodes",
+        "fraction of live nodes",
+        xmax,
+    )?;
     let step = curves.len().div_ceil(MAX_LINES).max(1);
     for (receivers, lat) in curves.iter().step_by(step) {
         let mut pts = vec![(0.0, 0.0)];
@@ -225,19 +242,7 @@ fn latency_cdf(area: &Area, curves: &[(usize, Vec<f64>)]) -> Result<(), String> 
         .collect();
     full.sort_by(|a, b| a.total_cmp(b));
     let xmax = x_max(curves);
-    let mut chart = ChartBuilder::on(area)
-        .caption("Latency CDF", ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(55)
-        .build_cartesian_2d(0.0..xmax, 0.0..1.02)
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc("ms since broadcast")
-        .y_desc("cumulative share")
-        .draw()
-        .map_err(err)?;
+    let mut chart = share_chart(area, "Latency CDF", "cumulative share", xmax)?;
     for (values, color, label) in [
         (&all, BLUE, "each delivery"),
         (&full, RED, "full coverage of a message"),
