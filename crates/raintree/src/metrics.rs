@@ -11,7 +11,7 @@ type CounterRow = (&'static str, &'static str, fn(&Stats) -> u64);
 
 /// Every engine counter exported: its metric name, help text, and where its value sits in
 /// [`Stats`]. The one list of them here, so registering and syncing can never disagree.
-const COUNTERS: [CounterRow; 21] = [
+const COUNTERS: [CounterRow; 22] = [
     ("broadcasts", "Broadcasts originated by this node", |s| {
         s.broadcasts
     }),
@@ -100,6 +100,11 @@ const COUNTERS: [CounterRow; 21] = [
         "impossible_ranges",
         "Tree copies refused: a level or range no correct sender could send",
         |s| s.impossible,
+    ),
+    (
+        "shed_messages",
+        "Messages received while held payloads filled their budget: sent once, untracked",
+        |s| s.shed,
     ),
 ];
 

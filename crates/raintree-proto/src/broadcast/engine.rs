@@ -60,6 +60,8 @@ struct Core {
     wanted_order: VecDeque<(Duration, MessageId)>,
     stats: Stats,
     live: Liveness,
+    /// Payload bytes held by seen-entries, against `Config::held_payload_bytes`.
+    held: usize,
 }
 
 /// One node's RainTree protocol state: a pure state machine (no I/O, no clock).
@@ -123,6 +125,7 @@ impl<R: RngCore> Engine<R> {
                 wanted_order: VecDeque::new(),
                 stats: Stats::default(),
                 live,
+                held: 0,
             },
             seen,
             rng,
@@ -343,6 +346,12 @@ impl<R: RngCore> Engine<R> {
         self.seen.knows(id)
     }
 
+    /// Payload bytes held now for resends, clean-up and owed peers
+    /// (against `Config::held_payload_bytes`).
+    pub fn held_payload_bytes(&self) -> usize {
+        self.core.held
+    }
+
     /// Ids evicted for capacity but still remembered (tombstones), never delivered again.
     pub fn tombstones(&self) -> usize {
         self.seen.tombstones()
@@ -386,9 +395,13 @@ impl<R: RngCore> Engine<R> {
             self.core.stats.seen_full += 1;
             return Err(EngineError::SeenSetFull);
         };
-        self.core.stats.evicted += evicted as u64;
+        if let Some(gone) = evicted {
+            self.core.stats.evicted += 1;
+            self.core.held -= gone.held_len;
+        }
         let at = now.saturating_add(self.core.config.seen_ttl);
         if let Some(e) = self.seen.get_mut(&id) {
+            self.core.account(e);
             self.core.schedule(e, id, at, TimerKind::Expire);
         }
         Ok(())
@@ -456,10 +469,17 @@ impl<R: RngCore> Engine<R> {
             [0; 32]
         };
         if first {
+            // Over budget, what a peer sends is passed on once and not kept: neither a flood
+            // of fresh ids nor slow ACKs can make this node hold more payload bytes.
+            let shed = self.core.held + g.payload.len() > cfg.held_payload_bytes;
+            if shed {
+                self.core.stats.shed += 1;
+            }
             let entry = Entry {
                 hops: g.hops,
                 payload_hash: hash,
                 signature: g.signature.clone(),
+                shed,
                 ..Entry::new(
                     self.core.peers.clone(),
                     self.core.my_pos,
@@ -504,6 +524,7 @@ impl<R: RngCore> Engine<R> {
             }
             e.payload = g.payload.clone();
             e.holds_payload = true;
+            self.core.account(e);
         }
         match g.route {
             Route::Tree | Route::Resend => {
@@ -738,7 +759,9 @@ impl<R: RngCore> Engine<R> {
                     let at = e.latest_deadline.max(now + self.core.config.ack_timeout);
                     self.core.schedule(e, t.id, at, TimerKind::Expire);
                 } else {
-                    self.seen.remove(&t.id);
+                    if let Some(gone) = self.seen.remove(&t.id) {
+                        self.core.held -= gone.held_len;
+                    }
                     return;
                 }
             }
@@ -1030,7 +1053,7 @@ impl Core {
     ) {
         let m = self.gossip(id, e, lor, Route::Tree);
         self.send(to, m);
-        if self.config.acks {
+        if self.config.acks && !e.shed {
             let token = e.token();
             e.acks.push(PendingAck {
                 to,
@@ -1181,6 +1204,10 @@ impl Core {
         offset: usize,
         span: u32,
     ) {
+        // An offer may bring a WANT, which needs the payload a shed entry does not keep.
+        if e.shed {
+            return;
+        }
         let token = e.token();
         e.offers.push(Offer {
             to,
@@ -1245,7 +1272,7 @@ impl Core {
     }
 
     fn schedule_igyw(&mut self, now: Duration, id: MessageId, e: &mut Entry) {
-        if self.config.cleanup && !e.igyw.started {
+        if self.config.cleanup && !e.igyw.started && !e.shed {
             e.igyw.started = true;
             let at = now.saturating_add(self.config.cleanup_delay);
             self.schedule(e, id, at, TimerKind::IgywStart);
@@ -1356,6 +1383,9 @@ impl Core {
     /// Drops the payload once no duty can send it again; a later copy brings it back.
     /// Remembers that `to` failed to take message `id`, keeping its payload for it.
     fn owe(&mut self, id: MessageId, e: &mut Entry, to: Address) {
+        if e.shed {
+            return;
+        }
         e.owed += 1;
         // Past the per-peer bound the oldest is left to clean-up; its entry still goes at its
         // age limit (the count only keeps the payload until then).
@@ -1370,11 +1400,22 @@ impl Core {
         }
     }
 
+    /// Owed messages keep their payload only while half the budget is free, so that repaying
+    /// peers that failed never takes the room ACKed sends need.
     fn release_if_idle(&mut self, e: &mut Entry) {
-        if !e.busy() && e.owed == 0 {
+        let keep_owed = e.owed > 0 && self.held <= self.config.held_payload_bytes / 2;
+        if !e.busy() && !keep_owed {
             e.payload = Bytes::new();
             e.holds_payload = false;
         }
+        self.account(e);
+    }
+
+    /// Brings the held-payload total up to date with what `e` holds now.
+    fn account(&mut self, e: &mut Entry) {
+        let now_held = if e.holds_payload { e.payload.len() } else { 0 };
+        self.held = self.held - e.held_len + now_held;
+        e.held_len = now_held;
     }
 }
 

@@ -505,3 +505,130 @@ fn ring_copies_stop_even_with_a_seen_set_of_one() {
         assert!(*d <= 2, "node {i} delivered {d} times");
     }
 }
+
+/// Node 0 broadcasts `count` payloads of `len` bytes; returns, per broadcast, the copy with
+/// the largest range and the index of the node it goes to.
+fn widest_copies(net: &mut Net, count: usize, len: usize) -> Vec<(usize, Gossip)> {
+    (0..count)
+        .map(|i| {
+            let now = Duration::from_millis(i as u64);
+            net.engines[0]
+                .broadcast(now, Bytes::from(vec![i as u8; len]), 0)
+                .unwrap();
+            let list = net.list.clone();
+            outputs(&mut net.engines[0])
+                .into_iter()
+                .filter_map(|o| match o {
+                    Output::Send {
+                        to,
+                        message: Message::Gossip(g),
+                    } => Some((list.position(&to).unwrap(), g)),
+                    _ => None,
+                })
+                .max_by_key(|(_, g)| g.level_or_range)
+                .unwrap()
+        })
+        .collect()
+}
+
+/// A node whose tree sends are never answered receives `count` broadcasts of 1 KiB: returns
+/// it with the most payload bytes it held at any point.
+fn held_under_silence(budget: usize, count: usize) -> (Engine, usize, usize) {
+    let cfg = Config {
+        held_payload_bytes: budget,
+        ..exact()
+    };
+    let mut net = Net::new(27, cfg);
+    let copies = widest_copies(&mut net, count, 1024);
+    let (v, _) = copies[0];
+    let from = net.list.get(0).unwrap();
+    let mut victim = net.engines.swap_remove(v);
+    let mut most = 0;
+    let mut forwarded = 0;
+    for (i, (to, g)) in copies.into_iter().enumerate() {
+        assert_eq!(to, v, "the same part of the tree every time");
+        let now = Duration::from_millis(i as u64);
+        victim
+            .handle_message(now, from, Message::Gossip(g))
+            .unwrap();
+        forwarded += outputs(&mut victim)
+            .iter()
+            .filter(|o| {
+                matches!(
+                    o,
+                    Output::Send {
+                        message: Message::Gossip(_),
+                        ..
+                    }
+                )
+            })
+            .count();
+        most = most.max(victim.held_payload_bytes());
+    }
+    (victim, most, forwarded)
+}
+
+#[test]
+fn a_node_holds_no_more_payload_than_its_budget_whatever_peers_send() {
+    let (victim, most, forwarded) = held_under_silence(8 * 1024, 100);
+    // Every message is still delivered and passed on; only tracking stops past the budget.
+    assert_eq!(victim.stats().deliveries, 100);
+    assert!(forwarded >= 100, "forwarded {forwarded}");
+    assert!(most <= 8 * 1024 + 1024, "held {most} bytes");
+    assert!(victim.stats().shed >= 90, "shed {}", victim.stats().shed);
+    // The control: with room for all of them, every unanswered message keeps its payload.
+    let (roomy, most, _) = held_under_silence(1 << 20, 100);
+    assert_eq!(most, 100 * 1024);
+    assert_eq!(roomy.stats().shed, 0);
+}
+
+#[test]
+fn shed_messages_wait_for_no_acks() {
+    let (mut victim, _, _) = held_under_silence(8 * 1024, 100);
+    let kept = 100 - victim.stats().shed;
+    let mut now = Duration::from_millis(100);
+    while let Some(at) = victim.poll_timeout() {
+        if at > Duration::from_secs(600) {
+            break;
+        }
+        now = now.max(at);
+        victim.handle_timeout(now);
+        let _ = outputs(&mut victim);
+    }
+    // Only the messages kept within the budget had ACKs to miss: at least one each, at most
+    // one per node of the part they cover (re-splits), 9 of 27 here.
+    let t = victim.stats().ack_timeouts;
+    assert!(t >= kept && t <= kept * 9, "{t} timeouts for {kept} kept");
+    assert_eq!(victim.held_payload_bytes(), 0);
+}
+
+#[test]
+fn owed_messages_keep_payloads_only_within_half_the_budget() {
+    let held_after_failures = |budget: usize| {
+        let cfg = Config {
+            held_payload_bytes: budget,
+            ..exact()
+        };
+        let mut net = Net::new(9, cfg);
+        let _ = widest_copies(&mut net, 40, 1024);
+        // Nobody answers: every send fails, and each message is owed to its failed targets.
+        let e = &mut net.engines[0];
+        let mut now = Duration::from_millis(40);
+        while let Some(at) = e.poll_timeout() {
+            if at > Duration::from_secs(100) {
+                break;
+            }
+            now = now.max(at);
+            e.handle_timeout(now);
+            let _ = outputs(e);
+        }
+        (e.held_payload_bytes(), e.stats().ack_timeouts)
+    };
+    let (held, timeouts) = held_after_failures(16 * 1024);
+    assert!(timeouts >= 40);
+    assert!(held <= 8 * 1024 + 1024, "owed messages hold {held} bytes");
+    assert!(held >= 4 * 1024, "owed messages hold only {held} bytes");
+    // The control: with room, every owed message keeps its payload until its age limit.
+    let (held, _) = held_after_failures(1 << 20);
+    assert_eq!(held, 40 * 1024);
+}

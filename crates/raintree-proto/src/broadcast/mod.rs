@@ -133,6 +133,9 @@ engine_stats! {
     /// New ids refused because the seen-set and its tombstones were full of ids within
     /// their age limit.
     seen_full,
+    /// Messages from peers that arrived while `held_payload_bytes` was full: delivered and
+    /// forwarded once, without ACKs or clean-up.
+    shed,
 }
 
 /// Why the engine refused an input.

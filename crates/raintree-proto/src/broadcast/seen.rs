@@ -108,6 +108,11 @@ pub(crate) struct Entry {
     /// IGYW offers (chain, window, probes) waiting for their replies.
     pub offers: Vec<Offer>,
     pub next_token: u32,
+    /// Set when the message arrived while the held-payload budget was full: it is sent once,
+    /// without ACKs or clean-up, so nothing keeps its payload afterwards.
+    pub shed: bool,
+    /// Payload bytes this entry counts against the held-payload budget.
+    pub held_len: usize,
     /// Peers this message is owed to: they failed while it was sent and get it when heard
     /// from again, so its payload is kept (until its age limit, never longer).
     pub owed: u32,
@@ -137,6 +142,8 @@ impl Entry {
             acks: Vec::new(),
             offers: Vec::new(),
             next_token: 0,
+            shed: false,
+            held_len: 0,
             owed: 0,
             latest_deadline: Duration::ZERO,
         }
@@ -211,16 +218,16 @@ impl SeenSet {
     }
 
     /// Inserts a new entry first seen at `now`, evicting one beyond capacity into a tombstone
-    /// that lasts until `born + ttl`; returns its sequence number and how many were evicted.
+    /// that lasts until `born + ttl`; returns its sequence number and the entry evicted.
     pub fn insert(
         &mut self,
         id: MessageId,
         mut entry: Entry,
         now: Duration,
         ttl: Duration,
-    ) -> Result<(u64, usize), Full> {
+    ) -> Result<(u64, Option<Entry>), Full> {
         self.forget_tombs(now);
-        let mut evicted = 0;
+        let mut evicted = None;
         if self.map.len() >= self.capacity {
             if self.tombs.len() >= self.capacity {
                 return Err(Full);
@@ -232,7 +239,7 @@ impl SeenSet {
                         self.tombs.insert(victim, until);
                         self.tomb_order.push_back((until, victim));
                     }
-                    evicted = 1;
+                    evicted = Some(e);
                 }
             }
         }
@@ -290,9 +297,9 @@ impl SeenSet {
         }
     }
 
-    /// Forgets `id` (its age limit passed).
-    pub fn remove(&mut self, id: &MessageId) {
-        self.map.remove(id);
+    /// Forgets `id` (its age limit passed) and returns its entry.
+    pub fn remove(&mut self, id: &MessageId) -> Option<Entry> {
+        let gone = self.map.remove(id);
         // Drop stale ids at the front so the order queue stays about as long as the map.
         while let Some((s, front)) = self.order.front() {
             if self.map.get(front).is_some_and(|e| e.seq == *s) {
@@ -300,5 +307,6 @@ impl SeenSet {
             }
             self.order.pop_front();
         }
+        gone
     }
 }

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::deliveries::{delivery_cost, Unread};
 use super::{unix_micros, Command, Delivery, IncomingRequest};
 use crate::metrics::NodeMetrics;
 use crate::transport::{Event, Events, Offence, Transport};
@@ -26,16 +27,18 @@ pub(super) struct Driver {
     pub metrics: NodeMetrics,
     pub stats: watch::Sender<Stats>,
     pub stop: CancellationToken,
-    /// Payload bytes of accepted deliveries held for a slow application before the node
-    /// stops reading from the network.
+    /// Bytes of accepted deliveries not yet read by the application, here and in its
+    /// stream, before the node stops reading from the network.
     pub delivery_buffer_bytes: usize,
+    /// What the application's stream holds.
+    pub unread: std::sync::Arc<Unread>,
 }
 
 impl Driver {
     pub async fn run(mut self) {
         let start = Instant::now();
         let mut last = Stats::default();
-        let mut waiting = DeliveryBuffer::default();
+        let mut waiting = DeliveryBuffer::new(self.unread.clone());
         // A handle of its own, so waiting for room does not borrow the driver.
         let deliveries = self.deliveries.clone();
         loop {
@@ -56,7 +59,7 @@ impl Driver {
             waiting.push_ready(&deliveries);
             // Past the byte bound the node stops reading the network (peers see backpressure),
             // but its timers, ACK deadlines and commands still run.
-            let reading = waiting.bytes <= self.delivery_buffer_bytes;
+            let reading = waiting.bytes + self.unread.bytes() <= self.delivery_buffer_bytes;
             let deadline = self.engine.poll_timeout().map(|d| start + d);
             tokio::select! {
                 biased;
@@ -67,6 +70,8 @@ impl Driver {
                     break;
                 }
                 _ = sleep_until(deadline) => {}
+                // Nothing else wakes a node that stopped reading with its buffer empty.
+                _ = self.unread.read(), if !reading => {}
                 permit = deliveries.reserve(), if !waiting.is_empty() => match permit {
                     Ok(permit) => waiting.send_one(permit),
                     // The application dropped its stream: nobody will read these.
@@ -197,22 +202,23 @@ impl Sink for Outputs<'_> {
     }
 }
 
-/// What a waiting delivery costs against `delivery_buffer_bytes` beyond its payload, so a
-/// flood of empty payloads is bounded too.
-pub(super) const DELIVERY_OVERHEAD: usize = 64;
-
-pub(super) fn delivery_cost(d: &Delivery) -> usize {
-    d.payload.len() + DELIVERY_OVERHEAD
-}
-
-/// Deliveries accepted by the protocol that the application has not taken yet, in order.
-#[derive(Default)]
+/// Deliveries accepted by the protocol that the application's stream has no room for yet,
+/// in order.
 struct DeliveryBuffer {
     queue: VecDeque<Delivery>,
     bytes: usize,
+    unread: std::sync::Arc<Unread>,
 }
 
 impl DeliveryBuffer {
+    fn new(unread: std::sync::Arc<Unread>) -> Self {
+        DeliveryBuffer {
+            queue: VecDeque::new(),
+            bytes: 0,
+            unread,
+        }
+    }
+
     fn push(&mut self, d: Delivery) {
         self.bytes += delivery_cost(&d);
         self.queue.push_back(d);
@@ -230,6 +236,7 @@ impl DeliveryBuffer {
     fn send_one(&mut self, permit: mpsc::Permit<'_, Delivery>) {
         if let Some(d) = self.queue.pop_front() {
             self.bytes -= delivery_cost(&d);
+            self.unread.add(&d);
             permit.send(d);
         }
     }
@@ -243,8 +250,10 @@ impl DeliveryBuffer {
         }
         let rest = std::mem::take(&mut self.queue);
         self.bytes = 0;
+        let unread = self.unread.clone();
         tokio::spawn(async move {
             for d in rest {
+                unread.add(&d);
                 if tx.send(d).await.is_err() {
                     return;
                 }
@@ -291,6 +300,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::deliveries::DELIVERY_OVERHEAD;
     use super::*;
 
     fn delivery(nonce: u64, len: usize) -> Delivery {
@@ -307,20 +317,26 @@ mod tests {
 
     #[test]
     fn waiting_deliveries_count_payload_and_overhead_until_the_channel_takes_them() {
-        let (tx, mut rx) = mpsc::channel(2);
-        let mut b = DeliveryBuffer::default();
+        let (tx, rx) = mpsc::channel(2);
+        let unread = std::sync::Arc::new(Unread::default());
+        let mut rx = super::super::Deliveries::new(rx, unread.clone());
+        let mut b = DeliveryBuffer::new(unread.clone());
         // Empty payloads still cost: a flood of them cannot grow the buffer unnoticed.
         for n in 0..3 {
             b.push(delivery(n, 0));
         }
         b.push(delivery(3, 1000));
         assert_eq!(b.bytes, 4 * DELIVERY_OVERHEAD + 1000);
-        // The channel takes what fits its capacity; the rest stays counted here.
+        // The channel takes what fits its capacity; the rest stays counted here, and what the
+        // channel holds counts until the application reads it.
         b.push_ready(&tx);
         assert_eq!(b.bytes, 2 * DELIVERY_OVERHEAD + 1000);
+        assert_eq!(unread.bytes(), 2 * DELIVERY_OVERHEAD);
         assert_eq!(rx.try_recv().unwrap().id.nonce, 0);
+        assert_eq!(unread.bytes(), DELIVERY_OVERHEAD);
         b.push_ready(&tx);
         assert_eq!(b.bytes, DELIVERY_OVERHEAD + 1000);
+        assert_eq!(unread.bytes(), 2 * DELIVERY_OVERHEAD);
         drop(rx);
         b.push_ready(&tx);
         assert!(b.is_empty());

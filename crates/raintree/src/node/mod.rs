@@ -4,7 +4,11 @@
 //! and turns the engine's outputs into fire-and-forget writes and application deliveries, so a
 //! slow peer never stalls the protocol.
 
+mod deliveries;
 mod driver;
+
+pub use deliveries::Deliveries;
+use deliveries::Unread;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -45,14 +49,13 @@ pub struct NodeConfig {
     pub peers: Vec<PeerEntry>,
     /// Protocol settings: strategy, ACKs, redundancy, clean-up, seen-set.
     pub protocol: broadcast::Config,
-    /// Deliveries the application's stream holds. Kept small: it is bounded by count, so it
-    /// can hold `delivery_capacity x max_payload` bytes; the byte-bounded buffer below absorbs
-    /// bursts instead.
+    /// Deliveries the application's stream holds at most (a count; their bytes count against
+    /// `delivery_buffer_bytes` too).
     pub delivery_capacity: usize,
-    /// Bytes of further deliveries (payload plus 64 each) the node holds for a slow
-    /// application while the protocol (ACKs, forwarding, timers) carries on; past it the node
-    /// stops reading from the network until the application catches up. Deliveries in memory
-    /// stay within this plus `delivery_capacity x max_payload` plus one payload.
+    /// Bytes of deliveries (payload plus 64 each) not read by the application yet, in its
+    /// stream and in the node's buffer behind it. The protocol (ACKs, forwarding, timers)
+    /// carries on meanwhile; past it the node stops reading from the network until the
+    /// application catches up, so deliveries in memory stay within this plus one payload.
     pub delivery_buffer_bytes: usize,
     /// Incoming requests buffered for the application; past this they are refused.
     pub request_capacity: usize,
@@ -69,7 +72,7 @@ impl NodeConfig {
             peers,
             protocol: broadcast::Config::default(),
             delivery_capacity: 16,
-            delivery_buffer_bytes: 64 * 1024 * 1024,
+            delivery_buffer_bytes: 32 * 1024 * 1024,
             request_capacity: 1024,
             seed: None,
         }
@@ -102,7 +105,7 @@ pub struct IncomingRequest {
 /// What the application reads from a running node.
 pub struct NodeStreams {
     /// Broadcasts and direct messages, each delivered once.
-    pub deliveries: mpsc::Receiver<Delivery>,
+    pub deliveries: Deliveries,
     /// Requests from peers.
     pub requests: mpsc::Receiver<IncomingRequest>,
 }
@@ -209,7 +212,9 @@ impl Node {
         let (transport, events) = Transport::bind(identity, transport, transport_metrics).await?;
 
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
-        let (delivery_tx, deliveries) = mpsc::channel(delivery_capacity.max(1));
+        let (delivery_tx, delivery_rx) = mpsc::channel(delivery_capacity.max(1));
+        let unread = Arc::new(Unread::default());
+        let deliveries = Deliveries::new(delivery_rx, unread.clone());
         let (request_tx, requests) = mpsc::channel(request_capacity.max(1));
         let (stats_tx, stats) = watch::channel(Stats::default());
         let stop = tokio_util::sync::CancellationToken::new();
@@ -224,6 +229,7 @@ impl Node {
             stats: stats_tx,
             stop: stop.clone(),
             delivery_buffer_bytes,
+            unread,
         };
         let handle = tokio::spawn(driver.run());
         let node = Node {
