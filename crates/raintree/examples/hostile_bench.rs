@@ -18,7 +18,7 @@
 //! attacker is cut off after a few offences; `--no-ban` keeps it connected for the whole
 //! flood, the memory bound's worst case.
 //!
-//! `rss_bound_bytes` is derived from the target's config (see `rss_bound`).
+//! `rss_bound_bytes` is derived from the target's config (`NodeConfig::memory_bound`).
 
 use std::collections::HashSet;
 use std::io::{BufRead, Read, Write};
@@ -34,7 +34,7 @@ use raintree::proto::wire::{
     payload_hash, signed_bytes, Gossip, Message, MessageId, OriginSignature, Route, Strategy,
 };
 use raintree::proto::Address;
-use raintree::transport::framing::{max_frame_len, Sealer};
+use raintree::transport::framing::Sealer;
 use raintree::transport::handshake::{self, LocalKeys};
 use raintree::transport::Identity;
 use serde_json::{json, Value};
@@ -77,30 +77,6 @@ fn target_config(identity: Identity, peers: Vec<PeerEntry>, ban: bool) -> NodeCo
         cfg.transport.score.ban_threshold = 0.0;
     }
     cfg
-}
-
-/// An upper bound on the target's resident memory, from its config and the bench's shape
-/// (`conns` connections, attacker payloads of `attack_payload` bytes):
-/// - 32 MiB for the binary, the runtime, the allocator's slack and the engine's fixed parts;
-/// - the seen-set: `seen_capacity` entries of at most 1 KiB of state (entry, map slot, order,
-///   timers, pending ACKs) plus a held payload, and as many 64-byte tombstones;
-/// - every byte budget: `total_queue_bytes` (send queues), `event_bytes` plus 256 bytes per
-///   `event_capacity` slot (transport to driver), `delivery_buffer_bytes` plus
-///   `delivery_capacity` payloads (driver to application);
-/// - per connection: one frame being reassembled (`max_payload` + 1 KiB) and the write batch
-///   and its sealed copy (2 x `batch_bytes`).
-fn rss_bound(cfg: &NodeConfig, conns: usize, attack_payload: usize) -> u64 {
-    let t = &cfg.transport;
-    let p = &cfg.protocol;
-    let base = 32u64 << 20;
-    let seen = p.seen_capacity as u64 * (1024 + attack_payload as u64 + 64);
-    let budgets = t.total_queue_bytes as u64
-        + t.event_bytes as u64
-        + 256 * t.event_capacity as u64
-        + cfg.delivery_buffer_bytes as u64
-        + (cfg.delivery_capacity * t.max_payload) as u64;
-    let per_conn = (max_frame_len(t.max_payload) + 2 * t.batch_bytes) as u64;
-    base + seen + budgets + conns as u64 * per_conn
 }
 
 fn peak_rss() -> u64 {
@@ -542,7 +518,9 @@ fn main() {
     let cfg = target_config(Identity::generate(), Vec::new(), o.ban);
     // Connections at the target: the pool keeps one per peer (every honest one and the
     // attacker), plus one being replaced or refused at any time.
-    let bound = rss_bound(&cfg, o.honest + 2, FRESH_PAYLOAD);
+    // One connection per peer (honest ones and the attacker), and one more while a
+    // simultaneous dial is resolved.
+    let bound = cfg.memory_bound(o.honest + 2).total();
     let (sent, connects, failed) = hostile.attack.unwrap_or_default();
     let out = json!({
         "peak_rss_bytes": hostile.target["peak_rss_bytes"],

@@ -138,12 +138,13 @@ pub struct Config {
     pub seen_capacity: usize,
     /// How long a message id is remembered (longer while it still has timers).
     pub seen_ttl: Duration,
-    /// Payload bytes this node keeps after its first sends, for resends, clean-up and peers
-    /// it owes a message. Past it, a message received from a peer is still delivered and
-    /// forwarded but tracked without ACKs or clean-up, and owed messages keep their payload
-    /// only while half of it is free: what a peer sends cannot grow held payloads past this
-    /// plus one message (the node's own broadcasts are always held).
-    pub held_payload_bytes: usize,
+    /// Bytes of messages this node keeps after its first sends, for resends, clean-up and
+    /// peers it owes them: each counts its payload plus `HELD_ENTRY_BYTES` of bookkeeping.
+    /// Past it, a message received from a peer is still delivered and forwarded but tracked
+    /// without ACKs or clean-up, and owed messages are kept only while half of it is free:
+    /// what peers send cannot grow held messages past this plus one (the node's own
+    /// broadcasts are always held).
+    pub held_bytes: usize,
     /// Largest payload accepted or broadcast.
     pub max_payload: usize,
     /// Forward every received tree copy, as the Go reference did (for conformance tests).
@@ -171,7 +172,7 @@ impl Default for Config {
             cleanup_delay: Duration::from_millis(1000),
             seen_capacity: 65_536,
             seen_ttl: Duration::from_secs(120),
-            held_payload_bytes: 32 * 1024 * 1024,
+            held_bytes: 32 * 1024 * 1024,
             max_payload: DEFAULT_MAX_PAYLOAD,
             forward_duplicates: false,
             verify_signatures: true,

@@ -9,9 +9,9 @@ use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use rand::RngCore;
 
-use super::auth;
 use super::liveness::{Awaited, Liveness, LivenessConfig};
 use super::seen::{Entry, Offer, OfferKind, PendingAck, SeenSet};
+use super::{auth, HELD_ENTRY_BYTES};
 use super::{Config, EngineError, Output, Stats};
 use crate::peers::{Address, PeerList};
 use crate::tree;
@@ -60,7 +60,7 @@ struct Core {
     wanted_order: VecDeque<(Duration, MessageId)>,
     stats: Stats,
     live: Liveness,
-    /// Payload bytes held by seen-entries, against `Config::held_payload_bytes`.
+    /// Bytes held by seen-entries with duties, against `Config::held_bytes`.
     held: usize,
 }
 
@@ -346,9 +346,9 @@ impl<R: RngCore> Engine<R> {
         self.seen.knows(id)
     }
 
-    /// Payload bytes held now for resends, clean-up and owed peers
-    /// (against `Config::held_payload_bytes`).
-    pub fn held_payload_bytes(&self) -> usize {
+    /// Bytes of messages held now for resends, clean-up and owed peers (payloads plus
+    /// `HELD_ENTRY_BYTES` each, against `Config::held_bytes`).
+    pub fn held_bytes(&self) -> usize {
         self.core.held
     }
 
@@ -471,7 +471,7 @@ impl<R: RngCore> Engine<R> {
         if first {
             // Over budget, what a peer sends is passed on once and not kept: neither a flood
             // of fresh ids nor slow ACKs can make this node hold more payload bytes.
-            let shed = self.core.held + g.payload.len() > cfg.held_payload_bytes;
+            let shed = self.core.held + g.payload.len() + HELD_ENTRY_BYTES > cfg.held_bytes;
             if shed {
                 self.core.stats.shed += 1;
             }
@@ -1403,7 +1403,7 @@ impl Core {
     /// Owed messages keep their payload only while half the budget is free, so that repaying
     /// peers that failed never takes the room ACKed sends need.
     fn release_if_idle(&mut self, e: &mut Entry) {
-        let keep_owed = e.owed > 0 && self.held <= self.config.held_payload_bytes / 2;
+        let keep_owed = e.owed > 0 && self.held <= self.config.held_bytes / 2;
         if !e.busy() && !keep_owed {
             e.payload = Bytes::new();
             e.holds_payload = false;
@@ -1413,7 +1413,11 @@ impl Core {
 
     /// Brings the held-payload total up to date with what `e` holds now.
     fn account(&mut self, e: &mut Entry) {
-        let now_held = if e.holds_payload { e.payload.len() } else { 0 };
+        let now_held = if e.holds_payload {
+            e.payload.len() + HELD_ENTRY_BYTES
+        } else {
+            0
+        };
         self.held = self.held - e.held_len + now_held;
         e.held_len = now_held;
     }

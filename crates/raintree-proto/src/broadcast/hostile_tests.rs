@@ -535,7 +535,7 @@ fn widest_copies(net: &mut Net, count: usize, len: usize) -> Vec<(usize, Gossip)
 /// it with the most payload bytes it held at any point.
 fn held_under_silence(budget: usize, count: usize) -> (Engine, usize, usize) {
     let cfg = Config {
-        held_payload_bytes: budget,
+        held_bytes: budget,
         ..exact()
     };
     let mut net = Net::new(27, cfg);
@@ -563,28 +563,31 @@ fn held_under_silence(budget: usize, count: usize) -> (Engine, usize, usize) {
                 )
             })
             .count();
-        most = most.max(victim.held_payload_bytes());
+        most = most.max(victim.held_bytes());
     }
     (victim, most, forwarded)
 }
 
+/// What one held 1 KiB message counts against `held_bytes`.
+const HELD_1K: usize = 1024 + HELD_ENTRY_BYTES;
+
 #[test]
-fn a_node_holds_no_more_payload_than_its_budget_whatever_peers_send() {
-    let (victim, most, forwarded) = held_under_silence(8 * 1024, 100);
+fn a_node_holds_no_more_than_its_budget_whatever_peers_send() {
+    let (victim, most, forwarded) = held_under_silence(8 * HELD_1K, 100);
     // Every message is still delivered and passed on; only tracking stops past the budget.
     assert_eq!(victim.stats().deliveries, 100);
     assert!(forwarded >= 100, "forwarded {forwarded}");
-    assert!(most <= 8 * 1024 + 1024, "held {most} bytes");
-    assert!(victim.stats().shed >= 90, "shed {}", victim.stats().shed);
-    // The control: with room for all of them, every unanswered message keeps its payload.
+    assert!(most <= 8 * HELD_1K, "held {most} bytes");
+    assert_eq!(victim.stats().shed, 92);
+    // The control: with room for all of them, every unanswered message is kept.
     let (roomy, most, _) = held_under_silence(1 << 20, 100);
-    assert_eq!(most, 100 * 1024);
+    assert_eq!(most, 100 * HELD_1K);
     assert_eq!(roomy.stats().shed, 0);
 }
 
 #[test]
 fn shed_messages_wait_for_no_acks() {
-    let (mut victim, _, _) = held_under_silence(8 * 1024, 100);
+    let (mut victim, _, _) = held_under_silence(8 * HELD_1K, 100);
     let kept = 100 - victim.stats().shed;
     let mut now = Duration::from_millis(100);
     while let Some(at) = victim.poll_timeout() {
@@ -599,14 +602,14 @@ fn shed_messages_wait_for_no_acks() {
     // one per node of the part they cover (re-splits), 9 of 27 here.
     let t = victim.stats().ack_timeouts;
     assert!(t >= kept && t <= kept * 9, "{t} timeouts for {kept} kept");
-    assert_eq!(victim.held_payload_bytes(), 0);
+    assert_eq!(victim.held_bytes(), 0);
 }
 
 #[test]
 fn owed_messages_keep_payloads_only_within_half_the_budget() {
     let held_after_failures = |budget: usize| {
         let cfg = Config {
-            held_payload_bytes: budget,
+            held_bytes: budget,
             ..exact()
         };
         let mut net = Net::new(9, cfg);
@@ -622,13 +625,13 @@ fn owed_messages_keep_payloads_only_within_half_the_budget() {
             e.handle_timeout(now);
             let _ = outputs(e);
         }
-        (e.held_payload_bytes(), e.stats().ack_timeouts)
+        (e.held_bytes(), e.stats().ack_timeouts)
     };
-    let (held, timeouts) = held_after_failures(16 * 1024);
+    let (held, timeouts) = held_after_failures(16 * HELD_1K);
     assert!(timeouts >= 40);
-    assert!(held <= 8 * 1024 + 1024, "owed messages hold {held} bytes");
-    assert!(held >= 4 * 1024, "owed messages hold only {held} bytes");
-    // The control: with room, every owed message keeps its payload until its age limit.
+    assert!(held <= 9 * HELD_1K, "owed messages hold {held} bytes");
+    assert!(held >= 4 * HELD_1K, "owed messages hold only {held} bytes");
+    // The control: with room, every owed message is kept until its age limit.
     let (held, _) = held_after_failures(1 << 20);
-    assert_eq!(held, 40 * 1024);
+    assert_eq!(held, 40 * HELD_1K);
 }

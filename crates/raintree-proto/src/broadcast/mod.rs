@@ -19,6 +19,19 @@ use bytes::Bytes;
 pub use config::{Config, ParseEnumError, Redundancy};
 pub use engine::Engine;
 
+/// Most heap bytes one remembered message costs a node once its duties are done: entry, map
+/// slot with a hash table's growth slack, order record and expiry timer. Memory bounds
+/// derived from `seen_capacity` use it; `tests/seen_memory.rs` measures it.
+pub const SEEN_ENTRY_BYTES: usize = 768;
+
+/// Most heap bytes an evicted id costs while it is still remembered (its tombstone).
+pub const TOMBSTONE_BYTES: usize = 128;
+
+/// What a message with duties left (pending ACKs, offers, owed peers) costs beyond
+/// `SEEN_ENTRY_BYTES` and its payload: pending sends, their timers, the liveness index.
+/// Counted against `Config::held_bytes` with the payload, so the budget bounds both.
+pub const HELD_ENTRY_BYTES: usize = 1536;
+
 /// Signs a broadcast as its originator would; the simulator's hostile nodes use it to forge.
 pub(crate) use auth::sign as sign_for_sim;
 
@@ -133,7 +146,7 @@ engine_stats! {
     /// New ids refused because the seen-set and its tombstones were full of ids within
     /// their age limit.
     seen_full,
-    /// Messages from peers that arrived while `held_payload_bytes` was full: delivered and
+    /// Messages from peers that arrived while `held_bytes` was full: delivered and
     /// forwarded once, without ACKs or clean-up.
     shed,
 }

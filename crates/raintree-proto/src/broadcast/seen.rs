@@ -111,7 +111,7 @@ pub(crate) struct Entry {
     /// Set when the message arrived while the held-payload budget was full: it is sent once,
     /// without ACKs or clean-up, so nothing keeps its payload afterwards.
     pub shed: bool,
-    /// Payload bytes this entry counts against the held-payload budget.
+    /// Bytes this entry counts against `Config::held_bytes` (payload and bookkeeping).
     pub held_len: usize,
     /// Peers this message is owed to: they failed while it was sent and get it when heard
     /// from again, so its payload is kept (until its age limit, never longer).
@@ -178,7 +178,10 @@ const IDLE_SCAN: usize = 64;
 /// rather than forgotten ids delivered again. Age limits of entries are enforced by the engine.
 #[derive(Debug, Default)]
 pub(crate) struct SeenSet {
-    map: HashMap<MessageId, Entry>,
+    /// Entries are boxed so the table's slots stay small: a hash table that takes inserts
+    /// and removals grows once its deleted slots run out, and with entries inline that one
+    /// growth added megabytes to every node some minutes into a steady run.
+    map: HashMap<MessageId, Box<Entry>>,
     order: VecDeque<(u64, MessageId)>,
     next_seq: u64,
     capacity: usize,
@@ -201,11 +204,11 @@ impl SeenSet {
     }
 
     pub fn get(&self, id: &MessageId) -> Option<&Entry> {
-        self.map.get(id)
+        self.map.get(id).map(|e| &**e)
     }
 
     pub fn get_mut(&mut self, id: &MessageId) -> Option<&mut Entry> {
-        self.map.get_mut(id)
+        self.map.get_mut(id).map(|e| &mut **e)
     }
 
     pub fn len(&self) -> usize {
@@ -239,7 +242,7 @@ impl SeenSet {
                         self.tombs.insert(victim, until);
                         self.tomb_order.push_back((until, victim));
                     }
-                    evicted = Some(e);
+                    evicted = Some(*e);
                 }
             }
         }
@@ -247,7 +250,7 @@ impl SeenSet {
         let seq = self.next_seq;
         entry.seq = seq;
         entry.born = now;
-        self.map.insert(id, entry);
+        self.map.insert(id, Box::new(entry));
         self.order.push_back((seq, id));
         // Idle entries leave from the middle: drop their stale records now and then.
         if self.order.len() > 2 * self.capacity + 16 {
@@ -299,7 +302,7 @@ impl SeenSet {
 
     /// Forgets `id` (its age limit passed) and returns its entry.
     pub fn remove(&mut self, id: &MessageId) -> Option<Entry> {
-        let gone = self.map.remove(id);
+        let gone = self.map.remove(id).map(|e| *e);
         // Drop stale ids at the front so the order queue stays about as long as the map.
         while let Some((s, front)) = self.order.front() {
             if self.map.get(front).is_some_and(|e| e.seq == *s) {

@@ -6,9 +6,11 @@
 
 mod deliveries;
 mod driver;
+mod memory;
 
 pub use deliveries::Deliveries;
 use deliveries::Unread;
+pub use memory::{MemoryBound, FIXED_BYTES};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -72,7 +74,7 @@ impl NodeConfig {
             peers,
             protocol: broadcast::Config::default(),
             delivery_capacity: 16,
-            delivery_buffer_bytes: 32 * 1024 * 1024,
+            delivery_buffer_bytes: 16 * 1024 * 1024,
             request_capacity: 1024,
             seed: None,
         }

@@ -102,8 +102,8 @@ pub struct TransportConfig {
 }
 
 impl TransportConfig {
-    /// Defaults: 125 inbound / 125 outbound, 5 s handshake, 5 min idle, 32 MiB per peer and
-    /// 128 MiB for all peers queued.
+    /// Defaults: 125 inbound / 125 outbound, 5 s handshake, 5 min idle, 16 MiB per peer and
+    /// 32 MiB for all peers queued, 16 MiB of unread events.
     pub fn new(listen: SocketAddr) -> Self {
         Self {
             listen,
@@ -113,13 +113,13 @@ impl TransportConfig {
             max_outbound: 125,
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(300),
-            queue_bytes: 32 * 1024 * 1024,
-            total_queue_bytes: 128 * 1024 * 1024,
+            queue_bytes: 16 * 1024 * 1024,
+            total_queue_bytes: 32 * 1024 * 1024,
             max_payload: wire::DEFAULT_MAX_PAYLOAD,
             dial_backoff: Duration::from_millis(250),
             max_dial_backoff: Duration::from_secs(30),
             event_capacity: 4096,
-            event_bytes: 64 * 1024 * 1024,
+            event_bytes: 16 * 1024 * 1024,
             batch_bytes: 256 * 1024,
             linger: Duration::from_secs(2),
             handshake_limit: HandshakeLimit::default(),
