@@ -61,6 +61,12 @@ pub struct FileConfig {
     pub seen_capacity: usize,
     /// How long a message id is remembered, in seconds. Default 120.
     pub seen_ttl_s: u64,
+    /// Bytes of messages kept for resends, clean-up and owed peers (payload plus 1,536
+    /// each); past it, messages from peers are forwarded once, untracked. Default 33554432.
+    pub held_bytes: usize,
+    /// Bytes of deliveries the application has not read before the node stops reading the
+    /// network. Default 16777216 (16 MiB).
+    pub delivery_buffer_bytes: usize,
     /// Largest payload in bytes. Default 4194304 (4 MiB).
     pub max_payload_bytes: usize,
     /// Inbound connection limit. Default 125.
@@ -71,11 +77,11 @@ pub struct FileConfig {
     pub handshake_timeout_ms: u64,
     /// Idle connections close after this many seconds. Default 300.
     pub idle_timeout_s: u64,
-    /// Per-peer send queue bound in bytes. Default 33554432 (32 MiB).
+    /// Per-peer send queue bound in bytes. Default 16777216 (16 MiB).
     pub queue_bytes: usize,
-    /// Send queue bound in bytes for all peers together. Default 134217728 (128 MiB).
+    /// Send queue bound in bytes for all peers together. Default 33554432 (32 MiB).
     pub total_queue_bytes: usize,
-    /// Payload bytes of received messages waiting for the node's driver. Default 67108864.
+    /// Payload bytes of received messages waiting for the node's driver. Default 16777216.
     pub event_bytes: usize,
     /// New inbound connections per second per remote IP, on average; 0 turns the limit off.
     /// Default 64.
@@ -100,6 +106,7 @@ impl Default for FileConfig {
         // Protocol defaults come from the engine so the file and the library never disagree.
         let p = ProtocolConfig::default();
         let t = TransportConfig::new(SocketAddr::from(([127, 0, 0, 1], 7000)));
+        let node = NodeConfig::new(Identity::from_secret_bytes(&[0; 32]), t.listen, Vec::new());
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         Self {
             key: String::new(),
@@ -120,6 +127,8 @@ impl Default for FileConfig {
             igyw_have_limit: p.igyw_have_limit,
             seen_capacity: p.seen_capacity,
             seen_ttl_s: p.seen_ttl.as_secs(),
+            held_bytes: p.held_bytes,
+            delivery_buffer_bytes: node.delivery_buffer_bytes,
             max_payload_bytes: p.max_payload,
             max_inbound: t.max_inbound,
             max_outbound: t.max_outbound,
@@ -205,6 +214,8 @@ impl FileConfig {
             ("queue_bytes", cfg.queue_bytes as u64),
             ("total_queue_bytes", cfg.total_queue_bytes as u64),
             ("event_bytes", cfg.event_bytes as u64),
+            ("held_bytes", cfg.held_bytes as u64),
+            ("delivery_buffer_bytes", cfg.delivery_buffer_bytes as u64),
             ("ban_duration_s", cfg.ban_duration_s),
             ("score_half_life_s", cfg.score_half_life_s),
             ("seen_capacity", cfg.seen_capacity as u64),
@@ -277,6 +288,7 @@ impl FileConfig {
             cleanup_delay: Duration::from_millis(self.cleanup_delay_ms),
             seen_capacity: self.seen_capacity,
             seen_ttl: Duration::from_secs(self.seen_ttl_s),
+            held_bytes: self.held_bytes,
             max_payload: self.max_payload_bytes,
             ..ProtocolConfig::default()
         }
@@ -294,6 +306,7 @@ impl FileConfig {
             .collect();
         let mut cfg = NodeConfig::new(self.identity()?, self.listen, peers);
         cfg.protocol = self.protocol();
+        cfg.delivery_buffer_bytes = self.delivery_buffer_bytes;
         let t = &mut cfg.transport;
         t.open = self.open;
         t.max_inbound = self.max_inbound;
