@@ -61,6 +61,9 @@ pub struct FileConfig {
     pub seen_capacity: usize,
     /// How long a message id is remembered, in seconds. Default 120.
     pub seen_ttl_s: u64,
+    /// Most ids one origin (or all unlisted origins together) may hold in the seen-set once
+    /// it is half full; past it the origin's new ids are refused. Default 16384.
+    pub origin_share: usize,
     /// Bytes of messages kept for resends, clean-up and owed peers (payload plus 1,536
     /// each); past it, messages from peers are forwarded once, untracked. Default 33554432.
     pub held_bytes: usize,
@@ -127,6 +130,7 @@ impl Default for FileConfig {
             igyw_have_limit: p.igyw_have_limit,
             seen_capacity: p.seen_capacity,
             seen_ttl_s: p.seen_ttl.as_secs(),
+            origin_share: p.origin_share,
             held_bytes: p.held_bytes,
             delivery_buffer_bytes: node.delivery_buffer_bytes,
             max_payload_bytes: p.max_payload,
@@ -215,6 +219,7 @@ impl FileConfig {
             ("total_queue_bytes", cfg.total_queue_bytes as u64),
             ("event_bytes", cfg.event_bytes as u64),
             ("held_bytes", cfg.held_bytes as u64),
+            ("origin_share", cfg.origin_share as u64),
             ("delivery_buffer_bytes", cfg.delivery_buffer_bytes as u64),
             ("ban_duration_s", cfg.ban_duration_s),
             ("score_half_life_s", cfg.score_half_life_s),
@@ -288,6 +293,7 @@ impl FileConfig {
             cleanup_delay: Duration::from_millis(self.cleanup_delay_ms),
             seen_capacity: self.seen_capacity,
             seen_ttl: Duration::from_secs(self.seen_ttl_s),
+            origin_share: self.origin_share,
             held_bytes: self.held_bytes,
             max_payload: self.max_payload_bytes,
             ..ProtocolConfig::default()

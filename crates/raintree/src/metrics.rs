@@ -11,7 +11,7 @@ type CounterRow = (&'static str, &'static str, fn(&Stats) -> u64);
 
 /// Every engine counter exported: its metric name, help text, and where its value sits in
 /// [`Stats`]. The one list of them here, so registering and syncing can never disagree.
-const COUNTERS: [CounterRow; 22] = [
+const COUNTERS: [CounterRow; 23] = [
     ("broadcasts", "Broadcasts originated by this node", |s| {
         s.broadcasts
     }),
@@ -105,6 +105,11 @@ const COUNTERS: [CounterRow; 22] = [
         "shed_messages",
         "Messages received while held payloads filled their budget: sent once, untracked",
         |s| s.shed,
+    ),
+    (
+        "flood_refusals",
+        "New ids refused because their origin held its whole share of the seen-set",
+        |s| s.flood,
     ),
 ];
 

@@ -273,3 +273,69 @@ async fn an_inflated_range_is_cut_delivered_and_scored_lightly() {
     assert!(text.contains("raintree_transport_bans_total 0"), "{text}");
     node.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A validly signed leaf copy of `who`'s own broadcast number `nonce`.
+fn own_broadcast(who: &Identity, nonce: u64) -> Message {
+    let id = MessageId {
+        origin: who.address(),
+        nonce,
+    };
+    let payload = Bytes::from_static(b"fresh");
+    let signature = who.sign(&signed_bytes(
+        &id,
+        7,
+        Strategy::Exact,
+        &payload_hash(&payload),
+    ));
+    Message::Gossip(Gossip {
+        id,
+        level_or_range: 1,
+        strategy: Strategy::Exact,
+        route: Route::Tree,
+        origin_time_us: 7,
+        hops: 1,
+        payload,
+        signature: Some(std::sync::Arc::new(OriginSignature {
+            public_key: who.public_key(),
+            signature,
+        })),
+    })
+}
+
+#[tokio::test]
+async fn a_node_bans_a_listed_peer_that_floods_its_own_broadcasts() {
+    let hostile = Identity::generate();
+    let mut cfg = NodeConfig::new(Identity::generate(), loopback(), Vec::new());
+    cfg.protocol.seen_capacity = 64;
+    cfg.protocol.origin_share = 8;
+    cfg.transport.score = ScoreConfig {
+        ban_threshold: 5.0,
+        ban_duration: Duration::from_secs(600),
+        ..ScoreConfig::default()
+    };
+    let unused: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    cfg.peers = vec![PeerEntry {
+        address: hostile.address(),
+        addr: unused,
+    }];
+    let (node, _streams) = Node::start(cfg).await.unwrap();
+    let mut s = raw::connect_as(hostile.clone(), node.local_addr(), node.address()).await;
+    // Valid broadcasts of its own, far more than its share: past half the set (32 ids) each
+    // is refused and scores 0.25, so the 20th refusal bans it.
+    let msgs: Vec<Message> = (0..100).map(|n| own_broadcast(&hostile, n)).collect();
+    s.send_messages(&msgs).await;
+    assert!(s.closed_by_peer().await, "the flooder's socket stays open");
+    let text = node.metrics_text();
+    assert!(text.contains("raintree_transport_bans_total 1"), "{text}");
+    // Messages read before the ban took effect are still refused and scored.
+    let floods = node.stats().flood;
+    assert!((20..=68).contains(&floods), "{floods} refused");
+    assert!(
+        text.contains(&format!(
+            "raintree_transport_penalties_total{{offence=\"flood\"}} {floods}"
+        )),
+        "{text}"
+    );
+    assert_eq!(node.stats().deliveries, 32);
+    node.shutdown(Duration::from_secs(5)).await;
+}

@@ -138,6 +138,10 @@ pub struct Config {
     pub seen_capacity: usize,
     /// How long a message id is remembered (longer while it still has timers).
     pub seen_ttl: Duration,
+    /// Most ids one origin may hold in the seen-set (entries and tombstones) once it holds
+    /// half of `seen_capacity`; all unlisted origins share one such share. A flood from one origin then
+    /// cannot crowd out the others' broadcasts: past its share, its new ids are refused.
+    pub origin_share: usize,
     /// Bytes of messages this node keeps after its first sends, for resends, clean-up and
     /// peers it owes them: each counts its payload plus `HELD_ENTRY_BYTES` of bookkeeping.
     /// Past it, a message received from a peer is still delivered and forwarded but tracked
@@ -172,6 +176,7 @@ impl Default for Config {
             cleanup_delay: Duration::from_millis(1000),
             seen_capacity: 65_536,
             seen_ttl: Duration::from_secs(120),
+            origin_share: 16_384,
             held_bytes: 32 * 1024 * 1024,
             max_payload: DEFAULT_MAX_PAYLOAD,
             forward_duplicates: false,

@@ -10,7 +10,7 @@ use ed25519_dalek::SigningKey;
 use rand::RngCore;
 
 use super::liveness::{Awaited, Liveness, LivenessConfig};
-use super::seen::{Entry, Offer, OfferKind, PendingAck, SeenSet};
+use super::seen::{Entry, Offer, OfferKind, PendingAck, SeenSet, Share};
 use super::{auth, HELD_ENTRY_BYTES};
 use super::{Config, EngineError, Output, Stats};
 use crate::peers::{Address, PeerList};
@@ -193,7 +193,7 @@ impl<R: RngCore> Engine<R> {
                 origin_time_us,
             )
         };
-        self.insert(now, id, entry)?;
+        self.insert(now, id, entry, None)?;
         self.core.stats.broadcasts += 1;
         let Some(e) = self.seen.get_mut(&id) else {
             return Ok(id);
@@ -389,7 +389,28 @@ impl<R: RngCore> Engine<R> {
 
     /// Remembers a new id; refused when the seen-set and its tombstones are full of ids still
     /// within their age limit (forgetting one could deliver it twice).
-    fn insert(&mut self, now: Duration, id: MessageId, entry: Entry) -> Result<(), EngineError> {
+    /// Remembers a new id; `from` is the peer it came from (`None`: this node's broadcast,
+    /// never refused for its share).
+    fn insert(
+        &mut self,
+        now: Duration,
+        id: MessageId,
+        mut entry: Entry,
+        from: Option<Address>,
+    ) -> Result<(), EngineError> {
+        entry.share = match self.core.peers.position(&id.origin) {
+            Some(_) => Share::Origin(id.origin),
+            None => Share::Unlisted,
+        };
+        let pressed = self.seen.load() >= self.seen.capacity() / 2;
+        if let Some(from) = from {
+            if pressed && self.seen.held_by(entry.share) as usize >= self.core.config.origin_share {
+                self.core.stats.flood += 1;
+                return Err(EngineError::Flood {
+                    own: from == id.origin,
+                });
+            }
+        }
         let ttl = self.core.config.seen_ttl;
         let Ok((_, evicted)) = self.seen.insert(id, entry, now, ttl) else {
             self.core.stats.seen_full += 1;
@@ -487,7 +508,18 @@ impl<R: RngCore> Engine<R> {
                     g.origin_time_us,
                 )
             };
-            self.insert(now, id, entry)?;
+            if let Err(e) = self.insert(now, id, entry, Some(from)) {
+                // A relay of someone else's flood is honest: it gets its ACK, so it does not
+                // take this node for failed; the copy goes no further.
+                if e == (EngineError::Flood { own: false }) && g.route == Route::Tree && cfg.acks {
+                    let ack = Message::Ack {
+                        id,
+                        level_or_range: received_lor,
+                    };
+                    self.core.send(from, ack);
+                }
+                return Err(e);
+            }
         }
         // The sender waits for this even when the copy is a duplicate.
         if g.route == Route::Tree && cfg.acks {
@@ -712,7 +744,7 @@ impl<R: RngCore> Engine<R> {
         let mut entry = Entry::new(self.core.peers.clone(), self.core.my_pos, Bytes::new(), 0);
         entry.tree_done = true;
         entry.hops = 1;
-        self.insert(now, id, entry)?;
+        self.insert(now, id, entry, Some(from))?;
         self.core.stats.deliveries += 1;
         self.core.outputs.push_back(Output::Deliver {
             id,

@@ -635,3 +635,114 @@ fn owed_messages_keep_payloads_only_within_half_the_budget() {
     let (held, _) = held_after_failures(1 << 20);
     assert_eq!(held, 40 * HELD_1K);
 }
+
+/// `count` leaf copies of broadcasts by node `origin` of `net` (any sender may give a leaf).
+fn leaf_copies(net: &mut Net, origin: usize, count: usize) -> Vec<Gossip> {
+    (0..count)
+        .map(|i| {
+            let now = Duration::from_millis(i as u64);
+            net.engines[origin]
+                .broadcast(now, Bytes::from_static(b"m"), 0)
+                .unwrap();
+            let g = outputs(&mut net.engines[origin])
+                .into_iter()
+                .find_map(|o| match o {
+                    Output::Send {
+                        message: Message::Gossip(g),
+                        ..
+                    } => Some(g),
+                    _ => None,
+                })
+                .unwrap();
+            Gossip {
+                level_or_range: 1,
+                ..g
+            }
+        })
+        .collect()
+}
+
+/// Node 5 of 9 takes a flood of 400 broadcasts by node 1 from `flood_sender`, then 5 by
+/// node 2: returns what each honest one got and the flood's refusals.
+fn flood_then_honest(share: usize, flood_sender: usize) -> (Vec<Result<(), EngineError>>, Engine) {
+    let mut net = Net::new(9, exact());
+    let flood = leaf_copies(&mut net, 1, 400);
+    let honest = leaf_copies(&mut net, 2, 5);
+    let (flooder, sender, honest_origin) = (
+        net.list.get(1).unwrap(),
+        net.list.get(flood_sender).unwrap(),
+        net.list.get(2).unwrap(),
+    );
+    let cfg = Config {
+        seen_capacity: 64,
+        origin_share: share,
+        ..exact()
+    };
+    let me = net.list.get(5).unwrap();
+    let mut victim = Engine::new(cfg, me, net.list.clone(), super::tests::rng(5)).unwrap();
+    let t = Duration::from_millis(1);
+    for g in flood {
+        assert_eq!(g.id.origin, flooder);
+        let _ = victim.handle_message(t, sender, Message::Gossip(g));
+    }
+    let _ = outputs(&mut victim);
+    let got = honest
+        .into_iter()
+        .map(|g| victim.handle_message(t, honest_origin, Message::Gossip(g)))
+        .collect();
+    (got, victim)
+}
+
+#[test]
+fn a_flooding_origin_cannot_crowd_others_out_of_the_seen_set() {
+    let (got, victim) = flood_then_honest(8, 1);
+    assert!(got.iter().all(Result::is_ok), "{got:?}");
+    assert_eq!(victim.stats().flood, 400 - 32);
+    // Deliveries: the flood up to half the set, then the honest origin's every broadcast.
+    assert_eq!(victim.stats().deliveries, 32 + 5);
+    // The control: without shares the flood fills entries and tombstones, and the honest
+    // origin's broadcasts are refused.
+    let (got, _) = flood_then_honest(usize::MAX, 1);
+    assert!(
+        got.iter().all(|r| *r == Err(EngineError::SeenSetFull)),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn a_relay_of_a_flood_is_refused_without_blame_and_still_acked() {
+    let mut net = Net::new(9, exact());
+    let flood = leaf_copies(&mut net, 1, 10);
+    let relay = net.list.get(3).unwrap();
+    let cfg = Config {
+        seen_capacity: 8,
+        origin_share: 2,
+        ..exact()
+    };
+    let me = net.list.get(5).unwrap();
+    let mut victim = Engine::new(cfg, me, net.list.clone(), super::tests::rng(5)).unwrap();
+    let victim = &mut victim;
+    let mut refused = 0;
+    for g in flood {
+        match victim.handle_message(T0, relay, Message::Gossip(g.clone())) {
+            Ok(()) => {}
+            Err(e) => {
+                assert_eq!(e, EngineError::Flood { own: false });
+                refused += 1;
+                // The relay gets its ACK, so it does not take this node for failed.
+                let acks: Vec<Output> = outputs(victim);
+                assert!(
+                    acks.iter().any(|o| matches!(
+                        o,
+                        Output::Send { to, message: Message::Ack { id, .. } }
+                            if *to == relay && *id == g.id
+                    )),
+                    "no ACK for a refused relay: {acks:?}"
+                );
+                continue;
+            }
+        }
+        let _ = outputs(victim);
+    }
+    assert_eq!(refused, 10 - 4);
+}

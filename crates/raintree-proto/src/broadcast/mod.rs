@@ -146,6 +146,9 @@ engine_stats! {
     /// New ids refused because the seen-set and its tombstones were full of ids within
     /// their age limit.
     seen_full,
+    /// New ids refused because their origin held its whole share of a seen-set under
+    /// pressure (`Config::origin_share`).
+    flood,
     /// Messages from peers that arrived while `held_bytes` was full: delivered and
     /// forwarded once, without ACKs or clean-up.
     shed,
@@ -191,6 +194,13 @@ pub enum EngineError {
     /// refused rather than a remembered one forgotten (and possibly delivered twice).
     #[error("seen-set full: new message ids refused until old ones age out")]
     SeenSetFull,
+    /// The origin holds its whole share of a seen-set under pressure (`Config::origin_share`):
+    /// its new ids are refused until some age out.
+    #[error("origin over its share of the seen-set")]
+    Flood {
+        /// Whether the sender is the origin itself (a flood of its own), not a relay.
+        own: bool,
+    },
     /// A signing key whose address is not this node's.
     #[error("the signing key is not this node's identity")]
     WrongSigningKey,

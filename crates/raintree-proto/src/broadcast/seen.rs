@@ -111,6 +111,8 @@ pub(crate) struct Entry {
     /// Set when the message arrived while the held-payload budget was full: it is sent once,
     /// without ACKs or clean-up, so nothing keeps its payload afterwards.
     pub shed: bool,
+    /// The share this id counts against while it is remembered.
+    pub share: Share,
     /// Bytes this entry counts against `Config::held_bytes` (payload and bookkeeping).
     pub held_len: usize,
     /// Peers this message is owed to: they failed while it was sent and get it when heard
@@ -143,6 +145,7 @@ impl Entry {
             offers: Vec::new(),
             next_token: 0,
             shed: false,
+            share: Share::Unlisted,
             held_len: 0,
             owed: 0,
             latest_deadline: Duration::ZERO,
@@ -161,6 +164,14 @@ impl Entry {
             || !self.offers.is_empty()
             || (self.igyw.started && !self.igyw.finished)
     }
+}
+
+/// Whose share of the seen-set an id counts against: a listed origin's own, or one share for
+/// every unlisted origin together (anyone can mint keys, so those must not get a share each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Share {
+    Origin(Address),
+    Unlisted,
 }
 
 /// Every id within its age limit is either an entry or a tombstone, so none is delivered twice.
@@ -185,7 +196,9 @@ pub(crate) struct SeenSet {
     order: VecDeque<(u64, MessageId)>,
     next_seq: u64,
     capacity: usize,
-    tombs: HashMap<MessageId, Duration>,
+    tombs: HashMap<MessageId, (Duration, Share)>,
+    /// Ids (entries and tombstones) each share holds now.
+    shares: HashMap<Share, u32>,
     tomb_order: VecDeque<(Duration, MessageId)>,
 }
 
@@ -220,6 +233,30 @@ impl SeenSet {
         self.tombs.len()
     }
 
+    /// Ids remembered now, entries and tombstones (at most twice the capacity).
+    pub fn load(&self) -> usize {
+        self.map.len() + self.tombs.len()
+    }
+
+    /// The capacity for entries (tombstones have as much again).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Ids `share` holds now.
+    pub fn held_by(&self, share: Share) -> u32 {
+        self.shares.get(&share).copied().unwrap_or(0)
+    }
+
+    fn unshare(&mut self, share: Share) {
+        if let Some(n) = self.shares.get_mut(&share) {
+            *n -= 1;
+            if *n == 0 {
+                self.shares.remove(&share);
+            }
+        }
+    }
+
     /// Inserts a new entry first seen at `now`, evicting one beyond capacity into a tombstone
     /// that lasts until `born + ttl`; returns its sequence number and the entry evicted.
     pub fn insert(
@@ -239,8 +276,10 @@ impl SeenSet {
                 if let Some(e) = self.map.remove(&victim) {
                     let until = e.born.saturating_add(ttl);
                     if until > now {
-                        self.tombs.insert(victim, until);
+                        self.tombs.insert(victim, (until, e.share));
                         self.tomb_order.push_back((until, victim));
+                    } else {
+                        self.unshare(e.share);
                     }
                     evicted = Some(*e);
                 }
@@ -250,6 +289,7 @@ impl SeenSet {
         let seq = self.next_seq;
         entry.seq = seq;
         entry.born = now;
+        *self.shares.entry(entry.share).or_default() += 1;
         self.map.insert(id, Box::new(entry));
         self.order.push_back((seq, id));
         // Idle entries leave from the middle: drop their stale records now and then.
@@ -294,8 +334,10 @@ impl SeenSet {
                 break;
             }
             self.tomb_order.pop_front();
-            if self.tombs.get(&id) == Some(&until) {
-                self.tombs.remove(&id);
+            if self.tombs.get(&id).is_some_and(|t| t.0 == until) {
+                if let Some((_, share)) = self.tombs.remove(&id) {
+                    self.unshare(share);
+                }
             }
         }
     }
@@ -303,6 +345,9 @@ impl SeenSet {
     /// Forgets `id` (its age limit passed) and returns its entry.
     pub fn remove(&mut self, id: &MessageId) -> Option<Entry> {
         let gone = self.map.remove(id).map(|e| *e);
+        if let Some(e) = &gone {
+            self.unshare(e.share);
+        }
         // Drop stale ids at the front so the order queue stays about as long as the map.
         while let Some((s, front)) = self.order.front() {
             if self.map.get(front).is_some_and(|e| e.seq == *s) {

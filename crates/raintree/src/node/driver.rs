@@ -281,13 +281,16 @@ fn offence(e: &EngineError) -> Option<Offence> {
     match e {
         EngineError::Forged(_) => Some(Offence::Forged),
         EngineError::ImpossibleRange { .. } => Some(Offence::ImpossibleRange),
+        EngineError::Flood { own: true } => Some(Offence::Flood),
         EngineError::StrategyMismatch { .. }
         | EngineError::Unexpected(_)
         | EngineError::PayloadTooLarge { .. } => Some(Offence::Refused),
-        // A full seen-set refuses honest forwarders of someone else's flood too.
-        EngineError::SeenSetFull | EngineError::NotInPeerList | EngineError::WrongSigningKey => {
-            None
-        }
+        // A full seen-set, or an origin over its share, refuses honest relays of someone
+        // else's flood too.
+        EngineError::SeenSetFull
+        | EngineError::Flood { own: false }
+        | EngineError::NotInPeerList
+        | EngineError::WrongSigningKey => None,
     }
 }
 

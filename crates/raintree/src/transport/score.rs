@@ -30,11 +30,14 @@ pub enum Offence {
     RangeCut,
     /// Any other input the protocol refused, or an `Output::Misbehaved` report.
     Refused,
+    /// A fresh id of the peer's own refused because it held its whole share of a seen-set
+    /// under pressure (`EngineError::Flood { own: true }`).
+    Flood,
 }
 
 impl Offence {
     /// Every offence, in label order.
-    pub const ALL: [Offence; 8] = [
+    pub const ALL: [Offence; 9] = [
         Offence::Oversized,
         Offence::Malformed,
         Offence::Truncated,
@@ -43,6 +46,7 @@ impl Offence {
         Offence::ImpossibleRange,
         Offence::RangeCut,
         Offence::Refused,
+        Offence::Flood,
     ];
 
     /// A short label for metrics.
@@ -56,6 +60,7 @@ impl Offence {
             Offence::ImpossibleRange => "impossible_range",
             Offence::RangeCut => "range_cut",
             Offence::Refused => "refused",
+            Offence::Flood => "flood",
         }
     }
 
@@ -63,14 +68,16 @@ impl Offence {
     /// costs a reconnect and a handshake per offence: a quarter of a ban each. A forgery needs
     /// a signature check per copy; a refusal is cheap to absorb. A cut range is already
     /// harmless and honest peers send them while peer lists differ, so it takes a sustained
-    /// stream of them (hundreds within a half-life) to ban.
+    /// stream of them (hundreds within a half-life) to ban. So does a flood: an honest origin
+    /// may overrun its share while the network is overloaded, an attacker's flood is
+    /// thousands of messages a second.
     pub fn points(self) -> f64 {
         match self {
             Offence::Oversized | Offence::Malformed | Offence::Decrypt => 25.0,
             Offence::Truncated => 10.0,
             Offence::Forged => 10.0,
             Offence::ImpossibleRange => 5.0,
-            Offence::RangeCut => 0.25,
+            Offence::RangeCut | Offence::Flood => 0.25,
             Offence::Refused => 2.0,
         }
     }
