@@ -33,7 +33,9 @@ use std::time::Duration;
 
 use arbitrary::Unstructured;
 use bytes::Bytes;
-use raintree_proto::broadcast::{Config, Engine, EngineError, Output, Redundancy, Stats};
+use raintree_proto::broadcast::{
+    Config, Engine, EngineError, Output, Redundancy, Stats, HELD_ENTRY_BYTES,
+};
 use raintree_proto::wire::{self, Message, MessageId, Strategy};
 use raintree_proto::{Address, PeerList};
 
@@ -143,6 +145,15 @@ impl Header {
             igyw_skip_limit: u32::from(self.skip % 9),
             cleanup_delay: ms(self.cleanup_ms),
             seen_capacity: usize::from(self.capacity % 33),
+            // Half the inputs give each origin 1-4 ids once the set is half full, so floods
+            // are refused too; the others leave shares out of the way of eviction.
+            origin_share: match self.capacity / 33 {
+                0..=3 => usize::MAX,
+                k => usize::from(k) - 3,
+            },
+            // Room for 1-16 held messages of the largest payload, so some are shed.
+            held_bytes: (1 + usize::from(self.ttl_ms >> 12))
+                * (usize::from(self.max_payload) + HELD_ENTRY_BYTES),
             seen_ttl: Duration::from_millis(1 + u64::from(self.ttl_ms)),
             max_payload: usize::from(self.max_payload),
             // Injected gossip is unsigned so that it reaches every state; forgeries have their
