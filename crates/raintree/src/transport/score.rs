@@ -249,6 +249,18 @@ fn decay(half_life: Duration, e: &Entry, now: Instant) -> f64 {
 mod tests {
     use super::*;
 
+    #[test]
+    fn wire_md_lists_every_offence_label() {
+        let doc = include_str!("../../../../docs/WIRE.md");
+        let at = doc
+            .find("`penalties{offence}`")
+            .expect("WIRE.md lists offences");
+        let list = &doc[at..at + doc[at..].find('.').unwrap()];
+        for o in Offence::ALL {
+            assert!(list.contains(&format!("`{}`", o.label())), "{o:?} missing");
+        }
+    }
+
     fn cfg() -> ScoreConfig {
         ScoreConfig {
             ban_threshold: 100.0,
