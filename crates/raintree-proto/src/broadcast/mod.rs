@@ -25,7 +25,7 @@ pub use engine::Engine;
 pub const SEEN_ENTRY_BYTES: usize = 768;
 
 /// Most heap bytes an evicted id costs while it is still remembered (its tombstone).
-pub const TOMBSTONE_BYTES: usize = 128;
+pub const TOMBSTONE_BYTES: usize = 192;
 
 /// What a message with duties left (pending ACKs, offers, owed peers) costs beyond
 /// `SEEN_ENTRY_BYTES` and its payload: pending sends, their timers, the liveness index.

@@ -290,6 +290,12 @@ impl SeenSet {
         entry.seq = seq;
         entry.born = now;
         *self.shares.entry(entry.share).or_default() += 1;
+        // Room for twice the ids held: a table that takes as many removals as inserts and
+        // runs fuller fills up with deleted slots and grows once more long after the set
+        // stopped growing, so memory would not level off one age limit in.
+        if self.map.len() * 2 >= self.map.capacity() {
+            self.map.reserve(self.map.len().max(16));
+        }
         self.map.insert(id, Box::new(entry));
         self.order.push_back((seq, id));
         // Idle entries leave from the middle: drop their stale records now and then.
