@@ -151,9 +151,14 @@ impl Header {
                 0..=3 => usize::MAX,
                 k => usize::from(k) - 3,
             },
-            // Room for 1-16 held messages of the largest payload, so some are shed.
-            held_bytes: (1 + usize::from(self.ttl_ms >> 12))
-                * (usize::from(self.max_payload) + HELD_ENTRY_BYTES),
+            // With the age limit's top bit, room for 1-8 held messages of the largest payload,
+            // so some are shed; without it, no limit.
+            held_bytes: if self.ttl_ms & 0x8000 != 0 {
+                (1 + usize::from((self.ttl_ms >> 12) & 7))
+                    * (usize::from(self.max_payload) + HELD_ENTRY_BYTES)
+            } else {
+                usize::MAX
+            },
             seen_ttl: Duration::from_millis(1 + u64::from(self.ttl_ms)),
             max_payload: usize::from(self.max_payload),
             // Injected gossip is unsigned so that it reaches every state; forgeries have their

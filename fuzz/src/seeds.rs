@@ -489,6 +489,39 @@ fn engine_seeds(out: &mut Vec<Seed>) {
             DeliverAll,
         ],
     );
+    // Seen-set of 4, one id per origin once it holds 2, and room for 2 held messages: the
+    // third direct id of one origin is refused as a flood, another origin's still delivered.
+    let mut share = header(0b10);
+    share.capacity = 4 + 4 * 33;
+    share.ttl_ms = 0x8000 | 4_999;
+    add(
+        "flood-share",
+        share,
+        &[
+            Inject {
+                node: 0,
+                from: 1,
+                msg: MsgSpec::Direct(IdSpec::New(1, 1), (4, 1)),
+            },
+            Inject {
+                node: 0,
+                from: 1,
+                msg: MsgSpec::Direct(IdSpec::New(1, 2), (4, 1)),
+            },
+            Inject {
+                node: 0,
+                from: 1,
+                msg: MsgSpec::Direct(IdSpec::New(1, 3), (4, 1)),
+            },
+            Inject {
+                node: 0,
+                from: 2,
+                msg: MsgSpec::Direct(IdSpec::New(2, 1), (4, 1)),
+            },
+            bcast(1),
+            DeliverAll,
+        ],
+    );
     add(
         "peer-list-changes",
         header(0b11),

@@ -136,6 +136,8 @@ fn engine_seeds_reach_their_layer() {
         s.evicted > 0 && s.deliveries >= 2 && s.seen_full > 0,
         "{s:?}"
     );
+    let s = sum("flood-share");
+    assert!(s.flood > 0 && s.deliveries >= 3, "{s:?}");
     let s = sum("every-rejected-kind");
     assert_eq!(s.rejected, 5, "{s:?}");
     let s = sum("injected-acks-and-range-inflation");
