@@ -490,6 +490,7 @@ impl<R: RngCore> Engine<R> {
             [0; 32]
         };
         if first {
+            g.payload = compact(&g.payload);
             // Over budget, what a peer sends is passed on once and not kept: neither a flood
             // of fresh ids nor slow ACKs can make this node hold more payload bytes.
             let shed = self.core.held + g.payload.len() + HELD_ENTRY_BYTES > cfg.held_bytes;
@@ -554,7 +555,7 @@ impl<R: RngCore> Engine<R> {
                     "payload differs from the one delivered",
                 ));
             }
-            e.payload = g.payload.clone();
+            e.payload = compact(&g.payload);
             e.holds_payload = true;
             self.core.account(e);
         }
@@ -748,7 +749,7 @@ impl<R: RngCore> Engine<R> {
         self.core.stats.deliveries += 1;
         self.core.outputs.push_back(Output::Deliver {
             id,
-            payload,
+            payload: compact(&payload),
             origin_time_us: 0,
             hops: 1,
         });
@@ -1452,6 +1453,22 @@ impl Core {
         };
         self.held = self.held - e.held_len + now_held;
         e.held_len = now_held;
+    }
+}
+
+/// Payloads up to this size are copied out of the buffer they arrived in.
+const COMPACT_BELOW: usize = 64 * 1024;
+
+/// A payload this node keeps or delivers, in an allocation of its own when it is small: one
+/// decoded from a receive buffer is a slice of it and would keep the whole buffer (many
+/// times its size) alive for as long as it is held, so budgets that count payload bytes
+/// would undercount. Larger payloads span several Noise messages and are reassembled into a
+/// buffer about their own size, so they are kept as they are.
+fn compact(p: &Bytes) -> Bytes {
+    if p.len() <= COMPACT_BELOW {
+        Bytes::copy_from_slice(p)
+    } else {
+        p.clone()
     }
 }
 

@@ -746,3 +746,39 @@ fn a_relay_of_a_flood_is_refused_without_blame_and_still_acked() {
     }
     assert_eq!(refused, 10 - 4);
 }
+
+#[test]
+fn kept_and_delivered_payloads_do_not_pin_the_receive_buffer() {
+    let mut net = Net::new(27, exact());
+    let copies = widest_copies(&mut net, 1, 1000);
+    let (v, g) = copies[0].clone();
+    // The copy as a decoder leaves it: its payload a slice of a much larger receive buffer.
+    let mut buffer = vec![0u8; 256 * 1024];
+    buffer[4096..5096].copy_from_slice(&g.payload);
+    let buffer = Bytes::from(buffer);
+    let sliced = Gossip {
+        payload: buffer.slice(4096..5096),
+        ..g
+    };
+    let inside = |p: &Bytes| buffer.as_ptr_range().contains(&p.as_ptr());
+    assert!(inside(&sliced.payload));
+    let from = net.list.get(0).unwrap();
+    let victim = &mut net.engines[v];
+    victim
+        .handle_message(T0, from, Message::Gossip(sliced))
+        .unwrap();
+    let mut payloads = Vec::new();
+    for o in outputs(victim) {
+        match o {
+            Output::Deliver { payload, .. } => payloads.push(payload),
+            Output::Send {
+                message: Message::Gossip(g),
+                ..
+            } => payloads.push(g.payload),
+            _ => {}
+        }
+    }
+    // Delivered once and forwarded (from the entry it keeps), never out of the buffer.
+    assert!(payloads.len() >= 2, "{}", payloads.len());
+    assert!(payloads.iter().all(|p| !inside(p) && p.len() == 1000));
+}

@@ -26,6 +26,13 @@ use super::metrics::{kind_index, TransportMetrics};
 use super::score::Offence;
 use crate::net::{ReadHalf, WriteHalf};
 
+/// A Noise message or write batch up to this size counts as small traffic.
+const SMALL_MESSAGE: usize = 16 * 1024;
+/// Buffers larger than this are given back when the connection carries small traffic again.
+const IDLE_BUFFER: usize = 64 * 1024;
+/// What a read buffer starts again with (tokio-util's own initial capacity).
+const READ_BUFFER: usize = 8 * 1024;
+
 /// What every connection of one transport shares; owned by the pool, read by connections.
 pub(crate) struct Shared {
     pub metrics: TransportMetrics,
@@ -274,7 +281,14 @@ async fn read_loop(
             Some(Ok(buf)) => buf,
         };
         activity.touch();
+        let small = buf.len() <= SMALL_MESSAGE;
         opener.open(&buf)?;
+        // A burst's read buffer goes back once small messages follow it and it ran empty, so
+        // a quiet connection does not keep the largest burst it ever carried.
+        let rb = reader.read_buffer_mut();
+        if small && rb.is_empty() && rb.capacity() > IDLE_BUFFER {
+            *rb = BytesMut::with_capacity(READ_BUFFER);
+        }
         while let Some((msg, len)) = opener.next_message()? {
             shared.metrics.received(kind_index(msg.kind()), len);
             match msg {
@@ -330,6 +344,7 @@ async fn write_loop(
     let peer = link.peer();
     let mut msgs: Vec<Message> = Vec::new();
     let mut out = BytesMut::new();
+    let mut last_batch = 0;
     loop {
         let closing = conn.close.is_cancelled();
         msgs.clear();
@@ -353,6 +368,7 @@ async fn write_loop(
                 return;
             }
             let ok = write_out(&mut w, &out, &abort).await;
+            last_batch = out.len();
             out.clear();
             if out.capacity() > 4 * shared.batch_bytes.max(1 << 16) {
                 out = BytesMut::new();
@@ -367,6 +383,12 @@ async fn write_loop(
         }
         if closing {
             break;
+        }
+        // Idle after a small batch: a burst's buffers go back (bulk transfers, whose batches
+        // are large, keep theirs between batches).
+        if last_batch <= SMALL_MESSAGE && out.capacity() > IDLE_BUFFER {
+            out = BytesMut::new();
+            msgs = Vec::new();
         }
         let idle_at = activity.last() + shared.idle_timeout;
         tokio::select! {
