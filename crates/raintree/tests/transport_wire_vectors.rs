@@ -34,15 +34,32 @@ fn builder<'a>(side: &'a Side) -> snow::Builder<'a> {
         .fixed_ephemeral_key_for_testing_only(&side.ephemeral_secret)
 }
 
+/// The counter of the later transport message in the vectors: two non-zero bytes, so the
+/// byte order of the nonce shows.
+const LATER_COUNTER: u64 = 0x0102;
+
 /// Runs the XX handshake with fixed keys; returns (msg1, msg2, msg3, initiator static
-/// public, responder static public, first initiator transport message carrying `frame`).
-fn transcript(i: &Side, r: &Side, frame: &[u8]) -> [Vec<u8>; 6] {
+/// public, responder static public, first initiator transport message carrying `frame`,
+/// initiator transport message number [`LATER_COUNTER`] carrying `later`).
+fn transcript(i: &Side, r: &Side, frame: &[u8], later: &[u8]) -> [Vec<u8>; 7] {
     // First pass learns each side's static public key (X25519 of its secret) from the peer.
-    let statics = run(i, r, None, frame);
-    run(i, r, Some((statics[3].clone(), statics[4].clone())), frame)
+    let statics = run(i, r, None, frame, later);
+    run(
+        i,
+        r,
+        Some((statics[3].clone(), statics[4].clone())),
+        frame,
+        later,
+    )
 }
 
-fn run(i: &Side, r: &Side, statics: Option<(Vec<u8>, Vec<u8>)>, frame: &[u8]) -> [Vec<u8>; 6] {
+fn run(
+    i: &Side,
+    r: &Side,
+    statics: Option<(Vec<u8>, Vec<u8>)>,
+    frame: &[u8],
+    later: &[u8],
+) -> [Vec<u8>; 7] {
     let mut hi = builder(i).build_initiator().unwrap();
     let mut hr = builder(r).build_responder().unwrap();
     let (pi, pr) = match &statics {
@@ -78,6 +95,12 @@ fn run(i: &Side, r: &Side, statics: Option<(Vec<u8>, Vec<u8>)>, frame: &[u8]) ->
     let t1 = buf[..n].to_vec();
     let back = tr.read_message(0, &t1, &mut out).unwrap();
     assert_eq!(&out[..back], frame);
+    let n = ti.write_message(LATER_COUNTER, later, &mut buf).unwrap();
+    let tl = buf[..n].to_vec();
+    let back = tr.read_message(LATER_COUNTER, &tl, &mut out).unwrap();
+    assert_eq!(&out[..back], later);
+    // Under any other counter the message does not open: the counter is the nonce.
+    assert!(tr.read_message(LATER_COUNTER + 1, &tl, &mut out).is_err());
     [
         framed(&m1),
         framed(&m2),
@@ -85,6 +108,7 @@ fn run(i: &Side, r: &Side, statics: Option<(Vec<u8>, Vec<u8>)>, frame: &[u8]) ->
         i_static,
         r_static,
         framed(&t1),
+        framed(&tl),
     ]
 }
 
@@ -110,7 +134,8 @@ fn compute() -> BTreeMap<&'static str, String> {
         reason: "shutdown".into(),
     };
     let frame = encode_frame(&direct);
-    let [m1, m2, m3, i_static, r_static, t1] = transcript(&i, &r, &frame);
+    let [m1, m2, m3, i_static, r_static, t1, t258] =
+        transcript(&i, &r, &frame, &encode_frame(&goodbye));
     let i_static: [u8; 32] = i_static.try_into().unwrap();
     let mut sig_msg = SIGNATURE_PREFIX.to_vec();
     sig_msg.extend_from_slice(&i_static);
@@ -144,6 +169,10 @@ fn compute() -> BTreeMap<&'static str, String> {
     put("envelope-direct", &wire::encode(&direct));
     put("frame-direct", &frame);
     put("transport-message-1", &t1);
+    put("transport-message-258", &t258);
+    let mut nonce = [0u8; 12];
+    nonce[4..].copy_from_slice(&LATER_COUNTER.to_be_bytes());
+    put("transport-nonce-258", &nonce);
     put("envelope-goodbye", &wire::encode(&goodbye));
     let gossip_id = MessageId {
         origin: i.identity.address(),

@@ -15,7 +15,7 @@ use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
 /// Largest Noise message (Noise spec §3).
 pub const MAX_NOISE_MESSAGE: usize = 65_535;
-/// ChaCha20-Poly1305 authentication tag length.
+/// AES-GCM authentication tag length.
 pub const TAG_LEN: usize = 16;
 /// Largest plaintext one Noise transport message carries.
 pub const MAX_NOISE_PLAINTEXT: usize = MAX_NOISE_MESSAGE - TAG_LEN;
