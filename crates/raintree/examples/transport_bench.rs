@@ -198,6 +198,9 @@ async fn pair() -> Pair {
     let mut ca = TransportConfig::new(loopback());
     let mut cb = TransportConfig::new(loopback());
     ca.event_capacity = 16 * 1024;
+    if let Ok(b) = std::env::var("RT_BATCH") {
+        ca.batch_bytes = b.parse().unwrap();
+    }
     cb.event_capacity = 16 * 1024;
     let (a, _a_events) = Transport::bind(ia, ca, TransportMetrics::new())
         .await
@@ -707,11 +710,18 @@ fn main() {
     let mut report = serde_json::Map::new();
     report.insert("seconds_per_case".into(), json!(secs));
     rt.block_on(async {
-        // Profiling aids: `--only t1k` / `--only t64k` run the transport side alone.
+        // Profiling aids: `--only t1k` / `--only t64k` run the transport side alone,
+        // `--only l1k` / `--only l64k` the rustls side alone.
         for (name, size) in [("t1k", 1024), ("t64k", 65536)] {
             if only.as_deref() == Some(name) {
                 let t = transport_throughput(size, dur).await;
                 report.insert(name.into(), row("msgs/s", 0.0, t, None));
+            }
+        }
+        for (name, size) in [("l1k", 1024), ("l64k", 65536)] {
+            if only.as_deref() == Some(name) {
+                let l = tls_throughput(size, dur).await;
+                report.insert(name.into(), row("msgs/s (rustls)", 0.0, l, None));
             }
         }
         if want("1k") {

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::events::{Emitter, Event, Responder};
-use super::framing::{FrameError, Opener, Sealer};
+use super::framing::{FrameError, Opener, Sealer, Session};
 use super::handshake::NoiseReader;
 use super::metrics::{kind_index, TransportMetrics};
 use super::score::Offence;
@@ -130,7 +130,7 @@ pub(crate) async fn run<S: Send + 'static>(
     shared: Arc<Shared>,
     link: Arc<dyn PoolLink>,
     conn: ConnRef,
-    cipher: Arc<snow::StatelessTransportState>,
+    cipher: Arc<Session>,
     reader: NoiseReader<ReadHalf>,
     writer: WriteHalf,
     inbound: bool,
@@ -274,7 +274,7 @@ async fn read_loop(
             Some(Ok(buf)) => buf,
         };
         activity.touch();
-        opener.open(&buf)?;
+        opener.open(buf)?;
         while let Some((msg, len)) = opener.next_message()? {
             shared.metrics.received(kind_index(msg.kind()), len);
             match msg {

@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
-use super::framing::{noise_codec, MAX_NOISE_MESSAGE};
+use super::framing::{noise_codec, Session, MAX_NOISE_MESSAGE};
 use super::identity::Identity;
 
 /// The Noise protocol name: pattern XX, X25519, AES-256-GCM, SHA-256.
@@ -150,7 +150,7 @@ pub fn verify_payload(payload: &[u8], remote_static: &[u8]) -> Result<[u8; 32], 
 /// A finished handshake: the session cipher and the remote's proven identity.
 pub struct Established {
     /// Shared by the connection's reader and writer; each keeps its own nonce.
-    pub cipher: Arc<snow::StatelessTransportState>,
+    pub cipher: Arc<Session>,
     /// The remote's Ed25519 public key.
     pub remote_key: [u8; 32],
     /// The remote's address.
@@ -190,7 +190,7 @@ fn finish(hs: snow::HandshakeState, remote_payload: &[u8]) -> Result<Established
         .ok_or(HandshakeError::BadIdentityKey)?;
     let remote_key = verify_payload(remote_payload, remote_static)?;
     Ok(Established {
-        cipher: Arc::new(hs.into_stateless_transport_mode()?),
+        cipher: Arc::new(Session::from_handshake(hs)?),
         remote_key,
         remote: Address::from_public_key(&remote_key),
     })
