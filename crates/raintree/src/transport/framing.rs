@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message as _;
 use raintree_proto::pb;
 use raintree_proto::wire::{self, Message, WireError};
@@ -444,7 +444,9 @@ impl Opener {
             if self.partial.len() < 4 + len {
                 return Ok(None);
             }
-            std::mem::take(&mut self.partial).freeze()
+            let mut frame = std::mem::take(&mut self.partial);
+            frame.advance(4);
+            frame.freeze()
         } else {
             if self.cur.len() < 4 {
                 self.gather(self.cur.len());
@@ -456,14 +458,17 @@ impl Opener {
                 self.gather(self.cur.len());
                 return Ok(None);
             }
-            let frame = self.cur.split_to(4 + len).freeze();
+            // Moving the start past the prefix touches no reference count (the buffer's count
+            // is shared with frames the application may be dropping on another core).
+            self.cur.advance(4);
+            let frame = self.cur.split_to(len).freeze();
             if self.cur.is_empty() {
                 self.cur = BytesMut::new();
             }
             frame
         };
-        let len = frame.len();
-        let msg = wire::decode(frame.slice(4..), self.max_payload)?;
+        let len = 4 + frame.len();
+        let msg = wire::decode(frame, self.max_payload)?;
         Ok(Some((msg, len)))
     }
 

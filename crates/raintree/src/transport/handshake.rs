@@ -176,7 +176,9 @@ async fn send<W: AsyncWrite + Unpin>(
     hs: &mut snow::HandshakeState,
     payload: &[u8],
 ) -> Result<(), HandshakeError> {
-    let mut buf = vec![0u8; 2 + MAX_NOISE_MESSAGE];
+    // The longest XX message: an ephemeral and an encrypted static key, then the payload and
+    // its tag. Sized to fit rather than to the Noise maximum, which is 64 KiB to zero per message.
+    let mut buf = vec![0u8; (2 + 32 + 48 + payload.len() + 16).min(2 + MAX_NOISE_MESSAGE)];
     let n = hs.write_message(payload, &mut buf[2..])?;
     // n <= MAX_NOISE_MESSAGE (snow enforces it), so it fits the u16 prefix.
     buf[..2].copy_from_slice(&(n as u16).to_be_bytes());
@@ -207,9 +209,10 @@ pub async fn initiate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let mut hs = snow::Builder::new(params())
         .local_private_key(&keys.static_private)?
         .build_initiator()?;
-    let mut scratch = vec![0u8; MAX_NOISE_MESSAGE];
     send(writer, &mut hs, &[]).await?;
     let m2 = recv(reader).await?;
+    // A plaintext is never longer than its message.
+    let mut scratch = vec![0u8; m2.len()];
     let n = hs.read_message(&m2, &mut scratch)?;
     let remote_static = hs
         .get_remote_static()
@@ -232,13 +235,15 @@ pub async fn respond<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let mut hs = snow::Builder::new(params())
         .local_private_key(&keys.static_private)?
         .build_responder()?;
-    let mut scratch = vec![0u8; MAX_NOISE_MESSAGE];
     let m1 = recv(reader).await?;
+    // A plaintext is never longer than its message.
+    let mut scratch = vec![0u8; m1.len()];
     if hs.read_message(&m1, &mut scratch)? != 0 {
         return Err(HandshakeError::UnexpectedPayload);
     }
     send(writer, &mut hs, &keys.payload).await?;
     let m3 = recv(reader).await?;
+    scratch.resize(m3.len(), 0);
     let n = hs.read_message(&m3, &mut scratch)?;
     finish(hs, &scratch[..n])
 }
