@@ -223,10 +223,11 @@ fn direct(origin: Address, nonce: u64, payload: Bytes) -> Message {
     }
 }
 
-/// Queues `msg`, waiting briefly whenever the peer's queue is full.
-async fn send_paced(t: &Transport, to: Address, msg: Message) {
+/// Queues the message `make` builds, waiting briefly whenever the peer's queue is full (and
+/// building it again: `send` takes the message).
+async fn send_paced(t: &Transport, to: Address, make: impl Fn() -> Message) {
     loop {
-        match t.send(to, msg.clone()).await {
+        match t.send(to, make()).await {
             Ok(()) => return,
             Err(SendError::QueueFull { .. }) => {
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -266,11 +267,11 @@ async fn transport_throughput(size: usize, dur: Duration) -> f64 {
     let mut nonce = 0u64;
     while start.elapsed() < dur {
         for _ in 0..64 {
-            send_paced(&a, to, direct(origin, nonce, payload.clone())).await;
+            send_paced(&a, to, || direct(origin, nonce, payload.clone())).await;
             nonce += 1;
         }
     }
-    send_paced(&a, to, direct(origin, u64::MAX, Bytes::new())).await;
+    send_paced(&a, to, || direct(origin, u64::MAX, Bytes::new())).await;
     let n = counter.await.expect("counter");
     let rate = n as f64 / start.elapsed().as_secs_f64();
     a.shutdown(Duration::from_secs(5)).await;

@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use super::events::{Emitter, Event, Responder};
 use super::framing::{FrameError, Opener, Sealer, Session};
 use super::handshake::NoiseReader;
-use super::metrics::{kind_index, TransportMetrics};
+use super::metrics::{message_kind_index, TransportMetrics};
 use super::score::Offence;
 use crate::net::{ReadHalf, WriteHalf};
 
@@ -276,7 +276,7 @@ async fn read_loop(
         activity.touch();
         opener.open(buf)?;
         while let Some((msg, len)) = opener.next_message()? {
-            shared.metrics.received(kind_index(msg.kind()), len);
+            shared.metrics.received(message_kind_index(&msg), len);
             match msg {
                 Message::Goodbye { reason } => {
                     // The peer sends nothing more here: stop using this connection, answer
@@ -337,7 +337,7 @@ async fn write_loop(
         if !msgs.is_empty() {
             for m in &msgs {
                 match sealer.push(m) {
-                    Ok(len) => shared.metrics.sent(kind_index(m.kind()), len),
+                    Ok(len) => shared.metrics.sent(message_kind_index(m), len),
                     Err(e) => {
                         // Payloads are checked when queued, so only a misconfiguration lands here.
                         tracing::warn!(%peer, error = %e, "frame dropped");
@@ -392,7 +392,7 @@ async fn write_loop(
         reason: reason.into(),
     };
     if let Ok(len) = sealer.push(&bye) {
-        shared.metrics.sent(kind_index(bye.kind()), len);
+        shared.metrics.sent(message_kind_index(&bye), len);
     }
     if sealer.seal_into(&mut out).is_ok() && write_out(&mut w, &out, &abort).await {
         tokio::select! {
