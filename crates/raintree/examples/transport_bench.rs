@@ -198,9 +198,6 @@ async fn pair() -> Pair {
     let mut ca = TransportConfig::new(loopback());
     let mut cb = TransportConfig::new(loopback());
     ca.event_capacity = 16 * 1024;
-    if let Ok(b) = std::env::var("RT_BATCH") {
-        ca.batch_bytes = b.parse().unwrap();
-    }
     cb.event_capacity = 16 * 1024;
     let (a, _a_events) = Transport::bind(ia, ca, TransportMetrics::new())
         .await
