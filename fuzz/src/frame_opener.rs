@@ -326,7 +326,7 @@ fn writer(u: &mut Unstructured<'_>, mut opener: Opener, max_payload: usize) {
                     continue;
                 }
                 pushed += env.len();
-                match sealer.push(&m) {
+                match sealer.push(m) {
                     Ok(len) => {
                         assert!(env.len() <= max_frame, "pushed a frame over the limit");
                         assert_eq!(len, 4 + env.len());

@@ -97,7 +97,7 @@ fn run(
     let tr = Arc::new(Session::from_handshake(hr).unwrap());
     // The first message as a connection's writer makes it, and read back by its reader.
     let mut sealer = Sealer::new(Arc::clone(&ti), 1024);
-    sealer.push(first).unwrap();
+    sealer.push(first.clone()).unwrap();
     let mut sealed = BytesMut::new();
     sealer.seal_into(&mut sealed).unwrap();
     assert_eq!(sealed.len(), 2 + frame.len() + TAG_LEN);

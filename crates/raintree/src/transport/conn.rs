@@ -335,9 +335,11 @@ async fn write_loop(
         msgs.clear();
         let _ = link.take(conn.id, shared.batch_bytes, &mut msgs);
         if !msgs.is_empty() {
-            for m in &msgs {
+            let n = msgs.len();
+            for m in msgs.drain(..) {
+                let kind = message_kind_index(&m);
                 match sealer.push(m) {
-                    Ok(len) => shared.metrics.sent(message_kind_index(m), len),
+                    Ok(len) => shared.metrics.sent(kind, len),
                     Err(e) => {
                         // Payloads are checked when queued, so only a misconfiguration lands here.
                         tracing::warn!(%peer, error = %e, "frame dropped");
@@ -345,8 +347,6 @@ async fn write_loop(
                     }
                 }
             }
-            let n = msgs.len();
-            msgs.clear();
             if let Err(e) = sealer.seal_into(&mut out) {
                 tracing::warn!(%peer, error = %e, "encryption failed");
                 break_abort(&shared, &*link, &conn, &abort, n);
@@ -391,8 +391,9 @@ async fn write_loop(
     let bye = Message::Goodbye {
         reason: reason.into(),
     };
-    if let Ok(len) = sealer.push(&bye) {
-        shared.metrics.sent(message_kind_index(&bye), len);
+    let kind = message_kind_index(&bye);
+    if let Ok(len) = sealer.push(bye) {
+        shared.metrics.sent(kind, len);
     }
     if sealer.seal_into(&mut out).is_ok() && write_out(&mut w, &out, &abort).await {
         tokio::select! {

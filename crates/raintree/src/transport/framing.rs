@@ -278,8 +278,9 @@ impl Sealer {
 
     /// Appends one frame for `msg`; returns its length on the wire (prefix included).
     ///
-    /// The payload is copied once, straight into the Noise message that is then sealed.
-    pub fn push(&mut self, msg: &Message) -> Result<usize, WireError> {
+    /// The payload is copied once, straight into the Noise message that is then sealed. `msg`
+    /// is taken by value so that encoding does not clone (and later drop) its payload.
+    pub fn push(&mut self, msg: Message) -> Result<usize, WireError> {
         let env = pb::Envelope::from(msg);
         let len = env.encoded_len();
         if len > self.max_frame {
@@ -574,7 +575,7 @@ mod tests {
         sent.push(direct(200, 3 * MAX_NOISE_PLAINTEXT));
         sent.extend((201..260).map(|n| direct(n, 1000)));
         for m in &sent {
-            sealer.push(m).unwrap();
+            sealer.push(m.clone()).unwrap();
         }
         let mut wire = BytesMut::new();
         sealer.seal_into(&mut wire).unwrap();
