@@ -138,7 +138,7 @@ impl Session {
                 snow::error::StateProblem::HandshakeNotFinished,
             ));
         }
-        // Split() yields the initiator-to-responder key first (Noise 5.2).
+        // Split() yields the initiator-to-responder key first (Noise 5.2, 5.3).
         let (i_to_r, r_to_i) = hs.dangerously_get_raw_split();
         let (send, recv) = if hs.is_initiator() {
             (i_to_r, r_to_i)
