@@ -25,12 +25,11 @@ use std::sync::{Arc, OnceLock};
 use arbitrary::Unstructured;
 use bytes::{Bytes, BytesMut};
 use raintree::transport::framing::{
-    encode_frame, max_frame_len, noise_codec, FrameError, Opener, Sealer, MAX_NOISE_PLAINTEXT,
-    TAG_LEN,
+    encode_frame, max_frame_len, noise_codec, FrameError, Opener, Sealer, Session,
+    MAX_NOISE_PLAINTEXT, TAG_LEN,
 };
 use raintree_proto::wire::{self, Message, WireError, DEFAULT_MAX_PAYLOAD};
 use raintree_proto::Address;
-use snow::StatelessTransportState;
 use tokio_util::codec::Decoder as _;
 
 use crate::input::{byte, raw, u16le, u32le};
@@ -56,9 +55,8 @@ pub const LIMITS: [usize; 8] = [
 ];
 
 /// The sealing (initiator) and opening (responder) ciphers of the WIRE.md session.
-pub fn session() -> &'static (Arc<StatelessTransportState>, Arc<StatelessTransportState>) {
-    static S: OnceLock<(Arc<StatelessTransportState>, Arc<StatelessTransportState>)> =
-        OnceLock::new();
+pub fn session() -> &'static (Arc<Session>, Arc<Session>) {
+    static S: OnceLock<(Arc<Session>, Arc<Session>)> = OnceLock::new();
     S.get_or_init(|| {
         let key = |first: u8| -> Vec<u8> { (0..32).map(|i| first + i).collect() };
         let params: snow::params::NoiseParams = raintree::transport::handshake::NOISE_PARAMS
@@ -85,15 +83,15 @@ pub fn session() -> &'static (Arc<StatelessTransportState>, Arc<StatelessTranspo
         let n = i.write_message(&[], &mut a).expect("m3");
         r.read_message(&a[..n], &mut b).expect("m3");
         (
-            Arc::new(i.into_stateless_transport_mode().expect("split")),
-            Arc::new(r.into_stateless_transport_mode().expect("split")),
+            Arc::new(Session::from_handshake(i).expect("split")),
+            Arc::new(Session::from_handshake(r).expect("split")),
         )
     })
 }
 
 /// Encrypts `plain` as the Noise transport message with counter `nonce`.
-fn seal(nonce: u64, plain: &[u8]) -> Vec<u8> {
-    let mut out = vec![0u8; plain.len() + TAG_LEN];
+fn seal(nonce: u64, plain: &[u8]) -> BytesMut {
+    let mut out = BytesMut::zeroed(plain.len() + TAG_LEN);
     let n = session()
         .0
         .write_message(nonce, plain, &mut out)
@@ -265,7 +263,7 @@ fn chunks(u: &mut Unstructured<'_>, mut opener: Opener, max_payload: usize) {
                     };
                     let plain = cut(&mut pending, size);
                     opener
-                        .open(&seal(nonce, &plain))
+                        .open(seal(nonce, &plain))
                         .expect("an authentic message opens");
                     nonce += 1;
                     messages += 1;
@@ -285,21 +283,22 @@ fn chunks(u: &mut Unstructured<'_>, mut opener: Opener, max_payload: usize) {
                 let mut m = seal(nonce, &plain);
                 let i = at % m.len();
                 m[i] ^= x;
-                assert!(matches!(opener.open(&m), Err(FrameError::Decrypt)));
+                assert!(matches!(opener.open(m), Err(FrameError::Decrypt)));
                 return;
             }
             7 => {
                 let n = usize::from(byte(u)) % TAG_LEN;
-                let m = raw(u, n).to_vec();
-                let r = opener.open(&m);
-                assert!(matches!(r, Err(FrameError::BadLength(l)) if l == m.len()));
+                let m = BytesMut::from(raw(u, n));
+                let len = m.len();
+                let r = opener.open(m);
+                assert!(matches!(r, Err(FrameError::BadLength(l)) if l == len));
                 return;
             }
             _ => {
                 let skip = 1 + u64::from(byte(u));
                 let plain = cut(&mut pending, usize::MAX);
                 let m = seal(nonce + skip, &plain);
-                assert!(matches!(opener.open(&m), Err(FrameError::Decrypt)));
+                assert!(matches!(opener.open(m), Err(FrameError::Decrypt)));
                 return;
             }
         }
@@ -327,7 +326,7 @@ fn writer(u: &mut Unstructured<'_>, mut opener: Opener, max_payload: usize) {
                     continue;
                 }
                 pushed += env.len();
-                match sealer.push(&m) {
+                match sealer.push(m) {
                     Ok(len) => {
                         assert!(env.len() <= max_frame, "pushed a frame over the limit");
                         assert_eq!(len, 4 + env.len());
@@ -353,7 +352,7 @@ fn writer(u: &mut Unstructured<'_>, mut opener: Opener, max_payload: usize) {
                 assert_eq!(sealer.pending(), 0);
                 let mut codec = noise_codec();
                 while let Some(m) = codec.decode(&mut out).expect("socket codec") {
-                    opener.open(&m).expect("an authentic message opens");
+                    opener.open(m).expect("an authentic message opens");
                     loop {
                         match opener.next_message() {
                             Ok(Some((m, len))) => {

@@ -24,6 +24,8 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import raintree_client as rt  # noqa: E402
+from cryptography.exceptions import InvalidTag  # noqa: E402
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_WIRE = os.path.normpath(os.path.join(HERE, "..", "..", "docs", "WIRE.md"))
@@ -140,6 +142,26 @@ def vectors_frames(v):
     g = rt.enc_goodbye("shutdown")
     eq(v, "envelope-goodbye", g)
     eq(v, "frame-goodbye", rt.frame(g))
+
+
+def vectors_later_transport_message(v):
+    """Counter 258 shows the nonce's byte order: sealed by the Noise library after 257 other
+    messages, and opened here with AES-256-GCM directly under the documented nonce."""
+    eq(v, "transport-nonce-258", rt.transport_nonce(258))
+    ini, res, *_ = run_vector_handshake(v)
+    key = ini.noise_protocol.cipher_state_encrypt.k
+    for _ in range(258):
+        ini.encrypt(b"")
+    ct = ini.encrypt(v["frame-goodbye"])
+    eq(v, "transport-message-258", len(ct).to_bytes(2, "big") + ct)
+    opened = AESGCM(key).decrypt(v["transport-nonce-258"], ct, b"")
+    ensure(opened == v["frame-goodbye"], "transport-message-258 does not open under its nonce")
+    little = bytes(4) + (258).to_bytes(8, "little")
+    try:
+        AESGCM(key).decrypt(little, ct, b"")
+        raise CheckFailed("transport-message-258 also opens under a little-endian counter")
+    except InvalidTag:
+        pass
 
 
 def vectors_broadcast(v):
@@ -364,6 +386,8 @@ def main():
     check("vectors: identity signature and payload (7.2)", vectors_signature, v)
     check("vectors: complete handshake (7.3)", vectors_handshake, v)
     check("vectors: envelopes, frames, transport message 1 (7.4)", vectors_frames, v)
+    check("vectors: transport message 258 and its AES-GCM nonce (4, 7.4)",
+          vectors_later_transport_message, v)
     check("vectors: signed broadcast (7.5)", vectors_broadcast, v)
 
     with tempfile.TemporaryDirectory(prefix="raintree-interop-") as tmp:

@@ -1,7 +1,7 @@
 """An independent raintree wire client, written from docs/WIRE.md and raintree.proto only.
 
 Layers (WIRE.md section 1):
-  TCP / u16 BE length || Noise message / Noise_XX_25519_ChaChaPoly_BLAKE2s /
+  TCP / u16 BE length || Noise message / Noise_XX_25519_AESGCM_SHA256 /
   transport plaintexts form a byte stream of frames: u32 BE length || protobuf Envelope.
 """
 
@@ -20,12 +20,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from noise.connection import Keypair, NoiseConnection
 
-PROTOCOL_NAME = b"Noise_XX_25519_ChaChaPoly_BLAKE2s"
+PROTOCOL_NAME = b"Noise_XX_25519_AESGCM_SHA256"
 SIGNATURE_PREFIX = b"raintree-noise-static-key:"
 # WIRE 6.1: the prefix of the bytes an originator signs for each broadcast.
 BROADCAST_PREFIX = b"raintree-broadcast-v1:"
 MAX_PLAINTEXT = 65535 - 16  # WIRE.md 4: a plaintext holds at most 65,519 bytes
 DEFAULT_MAX_PAYLOAD = 4 * 1024 * 1024
+
+
+def transport_nonce(counter: int) -> bytes:
+    """WIRE.md 4: the AES-GCM nonce of a transport message, 32 zero bits || counter big-endian."""
+    return bytes(4) + counter.to_bytes(8, "big")
 
 STRATEGY_REFERENCE, STRATEGY_EXACT = 0, 1
 ROUTE_TREE, ROUTE_RING_LEFT, ROUTE_RING_RIGHT, ROUTE_CLEANUP, ROUTE_RESEND = range(5)

@@ -304,6 +304,14 @@ fn id_from_pb(id: Option<pb::MessageId>) -> Result<MessageId, WireError> {
 
 impl From<&Message> for pb::Envelope {
     fn from(m: &Message) -> Self {
+        Self::from(m.clone())
+    }
+}
+
+/// Moves the payload into the envelope: the sending path encodes without touching its
+/// reference count, which the application may be touching on another core.
+impl From<Message> for pb::Envelope {
+    fn from(m: Message) -> Self {
         use pb::envelope::Body;
         let body = match m {
             Message::Gossip(g) => Body::Gossip(pb::Gossip {
@@ -322,7 +330,7 @@ impl From<&Message> for pb::Envelope {
                 } as i32,
                 origin_time_us: g.origin_time_us,
                 hops: g.hops,
-                payload: g.payload.clone(),
+                payload: g.payload,
                 origin_key: g
                     .signature
                     .as_ref()
@@ -335,32 +343,24 @@ impl From<&Message> for pb::Envelope {
                     .unwrap_or_default(),
             }),
             Message::Ack { id, level_or_range } => Body::Ack(pb::Ack {
-                id: id_to_pb(id),
-                level_or_range: *level_or_range,
+                id: id_to_pb(&id),
+                level_or_range,
             }),
             Message::Igyw { id, span } => Body::Igyw(pb::Igyw {
-                id: id_to_pb(id),
-                span: *span,
+                id: id_to_pb(&id),
+                span,
             }),
             Message::IgywReply { id, want } => Body::IgywReply(pb::IgywReply {
-                id: id_to_pb(id),
-                want: *want,
+                id: id_to_pb(&id),
+                want,
             }),
             Message::Direct { id, payload } => Body::Direct(pb::Direct {
-                id: id_to_pb(id),
-                payload: payload.clone(),
+                id: id_to_pb(&id),
+                payload,
             }),
-            Message::Request { id, payload } => Body::Request(pb::Request {
-                id: *id,
-                payload: payload.clone(),
-            }),
-            Message::Response { id, payload } => Body::Response(pb::Response {
-                id: *id,
-                payload: payload.clone(),
-            }),
-            Message::Goodbye { reason } => Body::Goodbye(pb::Goodbye {
-                reason: reason.clone(),
-            }),
+            Message::Request { id, payload } => Body::Request(pb::Request { id, payload }),
+            Message::Response { id, payload } => Body::Response(pb::Response { id, payload }),
+            Message::Goodbye { reason } => Body::Goodbye(pb::Goodbye { reason }),
         };
         pb::Envelope { body: Some(body) }
     }

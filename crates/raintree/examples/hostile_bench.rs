@@ -296,10 +296,11 @@ async fn attack(a: Attack, stop: Arc<AtomicBool>, stats: Arc<AttackStats>) {
                         }
                     }
                 };
-                batch += sealer.push(&msg).unwrap_or(0);
+                let oversized = matches!(msg, Message::Direct { .. });
+                batch += sealer.push(msg).unwrap_or(0);
                 i += 1;
                 stats.sent.fetch_add(1, Ordering::Relaxed);
-                if matches!(msg, Message::Direct { .. }) {
+                if oversized {
                     break;
                 }
             }

@@ -11,9 +11,9 @@
 //!
 //! A second baseline is an encrypted peer: rustls (TLS 1.3, tokio-rustls, Ed25519 certificates
 //! on both sides, no session resumption) with the same framing, payloads and one-connection
-//! pattern, once with its preferred AES-256-GCM suite and once with ChaCha20-Poly1305, the
-//! cipher of this transport's Noise suite. The cipher ceiling compares Noise's ChaChaPoly and
-//! AESGCM suites sealing and opening alone.
+//! pattern and its preferred AES-256-GCM suite (the cipher of this transport's Noise suite).
+//! The `cipher` case compares Noise suites on one core: sealing and opening alone, and the
+//! Noise part of a handshake.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -220,10 +220,11 @@ fn direct(origin: Address, nonce: u64, payload: Bytes) -> Message {
     }
 }
 
-/// Queues `msg`, waiting briefly whenever the peer's queue is full.
-async fn send_paced(t: &Transport, to: Address, msg: Message) {
+/// Queues the message `make` builds, waiting briefly whenever the peer's queue is full (and
+/// building it again: `send` takes the message).
+async fn send_paced(t: &Transport, to: Address, make: impl Fn() -> Message) {
     loop {
-        match t.send(to, msg.clone()).await {
+        match t.send(to, make()).await {
             Ok(()) => return,
             Err(SendError::QueueFull { .. }) => {
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -263,11 +264,11 @@ async fn transport_throughput(size: usize, dur: Duration) -> f64 {
     let mut nonce = 0u64;
     while start.elapsed() < dur {
         for _ in 0..64 {
-            send_paced(&a, to, direct(origin, nonce, payload.clone())).await;
+            send_paced(&a, to, || direct(origin, nonce, payload.clone())).await;
             nonce += 1;
         }
     }
-    send_paced(&a, to, direct(origin, u64::MAX, Bytes::new())).await;
+    send_paced(&a, to, || direct(origin, u64::MAX, Bytes::new())).await;
     let n = counter.await.expect("counter");
     let rate = n as f64 / start.elapsed().as_secs_f64();
     a.shutdown(Duration::from_secs(5)).await;
@@ -373,13 +374,14 @@ async fn transport_idle_memory() -> f64 {
     per
 }
 
-/// Single-core cost of the session cipher alone: bytes/s of seal followed by open of full
-/// Noise messages. Each direction of a connection needs one seal and one open per byte, so
-/// this bounds the encrypted throughput on a machine whose cores also run TCP.
-fn cipher_ceiling(noise_params: &str, dur: Duration) -> f64 {
+/// A finished XX handshake between two fresh key pairs: (initiator, responder) states.
+fn noise_session(
+    noise_params: &str,
+    payload: &[u8],
+) -> (snow::StatelessTransportState, snow::StatelessTransportState) {
     let params = || noise_params.parse().expect("params");
-    let kp = |_: u8| snow::Builder::new(params()).generate_keypair().expect("kp");
-    let (ki, kr) = (kp(0), kp(1));
+    let kp = || snow::Builder::new(params()).generate_keypair().expect("kp");
+    let (ki, kr) = (kp(), kp());
     let mut i = snow::Builder::new(params())
         .local_private_key(&ki.private)
         .expect("key")
@@ -390,19 +392,30 @@ fn cipher_ceiling(noise_params: &str, dur: Duration) -> f64 {
         .expect("key")
         .build_responder()
         .expect("resp");
-    let mut buf = vec![0u8; 65535];
-    let mut out = vec![0u8; 65535];
+    let mut buf = [0u8; 1024];
+    let mut out = [0u8; 1024];
     for step in 0..3 {
-        let (w, rd) = if step == 1 {
-            (&mut r, &mut i)
-        } else {
-            (&mut i, &mut r)
+        let (w, rd, p) = match step {
+            0 => (&mut i, &mut r, &[][..]),
+            1 => (&mut r, &mut i, payload),
+            _ => (&mut i, &mut r, payload),
         };
-        let n = w.write_message(&[], &mut buf).expect("hs write");
+        let n = w.write_message(p, &mut buf).expect("hs write");
         rd.read_message(&buf[..n], &mut out).expect("hs read");
     }
-    let i = i.into_stateless_transport_mode().expect("transport");
-    let r = r.into_stateless_transport_mode().expect("transport");
+    (
+        i.into_stateless_transport_mode().expect("transport"),
+        r.into_stateless_transport_mode().expect("transport"),
+    )
+}
+
+/// Single-core cost of the session cipher alone: bytes/s of seal followed by open of full
+/// Noise messages. Each direction of a connection needs one seal and one open per byte, so
+/// this bounds the encrypted throughput on a machine whose cores also run TCP.
+fn cipher_ceiling(noise_params: &str, dur: Duration) -> f64 {
+    let (i, r) = noise_session(noise_params, &[]);
+    let mut buf = vec![0u8; 65535];
+    let mut out = vec![0u8; 65535];
     let plain = vec![7u8; raintree::transport::framing::MAX_NOISE_PLAINTEXT];
     let start = Instant::now();
     let mut nonce = 0u64;
@@ -414,16 +427,29 @@ fn cipher_ceiling(noise_params: &str, dur: Duration) -> f64 {
     (nonce as f64 * plain.len() as f64) / start.elapsed().as_secs_f64()
 }
 
-// ---------------------------------------------------------------- rustls baseline
-
-/// Which TLS 1.3 cipher suite the rustls baseline uses.
-#[derive(Clone, Copy)]
-enum TlsSuite {
-    /// rustls's first choice on this provider.
-    Aes256Gcm,
-    /// The cipher of this transport's Noise suite.
-    ChaCha20,
+/// Single-core cost of the Noise part of a handshake (key generation, DH, hashing, both
+/// ends, 100-byte payloads as the identity payloads are; no Ed25519 and no sockets):
+/// handshakes per second.
+fn handshake_cpu(noise_params: &str, dur: Duration) -> f64 {
+    let payload = [5u8; 100];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < dur {
+        std::hint::black_box(noise_session(noise_params, &payload));
+        n += 1;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
 }
+
+/// The Noise suites compared by the `cipher` case (the first is the one before AESGCM).
+const SUITES: [&str; 4] = [
+    "Noise_XX_25519_ChaChaPoly_BLAKE2s",
+    "Noise_XX_25519_ChaChaPoly_SHA256",
+    "Noise_XX_25519_AESGCM_BLAKE2s",
+    "Noise_XX_25519_AESGCM_SHA256",
+];
+
+// ---------------------------------------------------------------- rustls baseline
 
 struct TlsPair {
     server: Arc<rustls::ServerConfig>,
@@ -442,13 +468,11 @@ fn ed25519_cert(name: &str) -> (CertificateDer<'static>, PrivateKeyDer<'static>)
 
 /// Server and client configs that authenticate each other with self-signed Ed25519
 /// certificates, as Noise XX with signed static keys authenticates both ends.
-fn tls_pair(suite: TlsSuite) -> TlsPair {
+fn tls_pair() -> TlsPair {
     let mut provider = rustls::crypto::ring::default_provider();
-    let wanted = match suite {
-        TlsSuite::Aes256Gcm => rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
-        TlsSuite::ChaCha20 => rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
-    };
-    provider.cipher_suites.retain(|s| s.suite() == wanted);
+    provider
+        .cipher_suites
+        .retain(|s| s.suite() == rustls::CipherSuite::TLS13_AES_256_GCM_SHA384);
     let provider = Arc::new(provider);
     let (server_cert, server_key) = ed25519_cert("server");
     let (client_cert, client_key) = ed25519_cert("client");
@@ -499,8 +523,8 @@ async fn tls_connect(
         .expect("tls handshake")
 }
 
-async fn tls_throughput(suite: TlsSuite, size: usize, dur: Duration) -> f64 {
-    let pair = tls_pair(suite);
+async fn tls_throughput(size: usize, dur: Duration) -> f64 {
+    let pair = tls_pair();
     let listener = TcpListener::bind(loopback()).await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let acceptor = tokio_rustls::TlsAcceptor::from(pair.server.clone());
@@ -536,7 +560,7 @@ async fn tls_throughput(suite: TlsSuite, size: usize, dur: Duration) -> f64 {
 }
 
 async fn tls_round_trips(dur: Duration) -> f64 {
-    let pair = tls_pair(TlsSuite::Aes256Gcm);
+    let pair = tls_pair();
     let listener = TcpListener::bind(loopback()).await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let acceptor = tokio_rustls::TlsAcceptor::from(pair.server.clone());
@@ -573,7 +597,7 @@ async fn tls_round_trips(dur: Duration) -> f64 {
 }
 
 async fn tls_handshakes(dur: Duration) -> f64 {
-    let pair = tls_pair(TlsSuite::Aes256Gcm);
+    let pair = tls_pair();
     let listener = TcpListener::bind(loopback()).await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let acceptor = tokio_rustls::TlsAcceptor::from(pair.server.clone());
@@ -684,39 +708,36 @@ fn main() {
     let mut report = serde_json::Map::new();
     report.insert("seconds_per_case".into(), json!(secs));
     rt.block_on(async {
-        // Profiling aids: `--only t1k` / `--only t64k` run the transport side alone.
+        // Profiling aids: `--only t1k` / `--only t64k` run the transport side alone,
+        // `--only l1k` / `--only l64k` the rustls side alone.
         for (name, size) in [("t1k", 1024), ("t64k", 65536)] {
             if only.as_deref() == Some(name) {
                 let t = transport_throughput(size, dur).await;
                 report.insert(name.into(), row("msgs/s", 0.0, t, None));
             }
         }
+        for (name, size) in [("l1k", 1024), ("l64k", 65536)] {
+            if only.as_deref() == Some(name) {
+                let l = tls_throughput(size, dur).await;
+                report.insert(name.into(), row("msgs/s (rustls)", 0.0, l, None));
+            }
+        }
         if want("1k") {
             let r = raw_throughput(1024, dur).await;
-            let l = tls_throughput(TlsSuite::Aes256Gcm, 1024, dur).await;
+            let l = tls_throughput(1024, dur).await;
             let t = transport_throughput(1024, dur).await;
             report.insert(
                 "throughput_1k_msgs_per_s".into(),
                 row_tls("msgs/s", r, l, t, (Some(0.4), Some(1.0))),
             );
-            let lc = tls_throughput(TlsSuite::ChaCha20, 1024, dur).await;
-            report.insert(
-                "throughput_1k_msgs_per_s_vs_rustls_chacha".into(),
-                row("msgs/s (raw column: rustls ChaCha20)", lc, t, None),
-            );
         }
         if want("64k") {
             let r = raw_throughput(64 * 1024, dur).await * 65536.0;
-            let l = tls_throughput(TlsSuite::Aes256Gcm, 64 * 1024, dur).await * 65536.0;
+            let l = tls_throughput(64 * 1024, dur).await * 65536.0;
             let t = transport_throughput(64 * 1024, dur).await * 65536.0;
             report.insert(
                 "throughput_64k_bytes_per_s".into(),
                 row_tls("payload bytes/s", r, l, t, (Some(0.6), Some(0.9))),
-            );
-            let lc = tls_throughput(TlsSuite::ChaCha20, 64 * 1024, dur).await * 65536.0;
-            report.insert(
-                "throughput_64k_bytes_per_s_vs_rustls_chacha".into(),
-                row("payload bytes/s (raw column: rustls ChaCha20)", lc, t, None),
             );
         }
         if want("rtt") {
@@ -744,17 +765,29 @@ fn main() {
     });
     if want("cipher") {
         let cd = dur.min(Duration::from_secs(1));
-        let chacha = cipher_ceiling(raintree::transport::handshake::NOISE_PARAMS, cd);
-        let aes = cipher_ceiling("Noise_XX_25519_AESGCM_BLAKE2s", cd);
-        report.insert(
-            "cipher_seal_open_bytes_per_s_one_core".into(),
-            row(
-                "bytes/s, Noise sealing + opening alone (raw column: ChaChaPoly, transport column: AESGCM)",
-                chacha,
-                aes,
-                None,
-            ),
-        );
+        let (base_c, base_h) = (cipher_ceiling(SUITES[0], cd), handshake_cpu(SUITES[0], cd));
+        for suite in SUITES {
+            let c = cipher_ceiling(suite, cd);
+            let h = handshake_cpu(suite, cd);
+            report.insert(
+                format!("cipher_{suite}"),
+                row(
+                    "bytes/s, sealing + opening alone, one core (raw column: ChaChaPoly_BLAKE2s)",
+                    base_c,
+                    c,
+                    None,
+                ),
+            );
+            report.insert(
+                format!("handshake_cpu_{suite}"),
+                row(
+                    "Noise handshakes/s, both ends, one core (raw column: ChaChaPoly_BLAKE2s)",
+                    base_h,
+                    h,
+                    None,
+                ),
+            );
+        }
     }
     if want("memory") {
         let t = idle_memory_in_child("transport");

@@ -3,9 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
 use raintree::proto::wire::{self, Message, MessageId};
-use raintree::transport::framing::{encode_frame, MAX_NOISE_MESSAGE, TAG_LEN};
+use raintree::transport::framing::{
+    encode_frame, Opener, Sealer, Session, MAX_NOISE_MESSAGE, TAG_LEN,
+};
 use raintree::transport::handshake::{
     signed_payload, verify_payload, NOISE_PARAMS, SIGNATURE_PREFIX,
 };
@@ -34,15 +38,33 @@ fn builder<'a>(side: &'a Side) -> snow::Builder<'a> {
         .fixed_ephemeral_key_for_testing_only(&side.ephemeral_secret)
 }
 
+/// The counter of the later transport message in the vectors: two non-zero bytes, so the
+/// byte order of the nonce shows.
+const LATER_COUNTER: u64 = 0x0102;
+
 /// Runs the XX handshake with fixed keys; returns (msg1, msg2, msg3, initiator static
-/// public, responder static public, first initiator transport message carrying `frame`).
-fn transcript(i: &Side, r: &Side, frame: &[u8]) -> [Vec<u8>; 6] {
+/// public, responder static public, first initiator transport message carrying `frame`,
+/// initiator transport message number [`LATER_COUNTER`] carrying `later`).
+fn transcript(i: &Side, r: &Side, first: &Message, later: &[u8]) -> [Vec<u8>; 7] {
     // First pass learns each side's static public key (X25519 of its secret) from the peer.
-    let statics = run(i, r, None, frame);
-    run(i, r, Some((statics[3].clone(), statics[4].clone())), frame)
+    let statics = run(i, r, None, first, later);
+    run(
+        i,
+        r,
+        Some((statics[3].clone(), statics[4].clone())),
+        first,
+        later,
+    )
 }
 
-fn run(i: &Side, r: &Side, statics: Option<(Vec<u8>, Vec<u8>)>, frame: &[u8]) -> [Vec<u8>; 6] {
+fn run(
+    i: &Side,
+    r: &Side,
+    statics: Option<(Vec<u8>, Vec<u8>)>,
+    first: &Message,
+    later: &[u8],
+) -> [Vec<u8>; 7] {
+    let frame = &encode_frame(first)[..];
     let mut hi = builder(i).build_initiator().unwrap();
     let mut hr = builder(r).build_responder().unwrap();
     let (pi, pr) = match &statics {
@@ -71,13 +93,28 @@ fn run(i: &Side, r: &Side, statics: Option<(Vec<u8>, Vec<u8>)>, frame: &[u8]) ->
     if statics.is_some() {
         verify_payload(&out[..got], &i_static).unwrap();
     }
-    let ti = hi.into_stateless_transport_mode().unwrap();
-    let tr = hr.into_stateless_transport_mode().unwrap();
-    let n = ti.write_message(0, frame, &mut buf).unwrap();
-    assert_eq!(n, frame.len() + TAG_LEN);
-    let t1 = buf[..n].to_vec();
-    let back = tr.read_message(0, &t1, &mut out).unwrap();
-    assert_eq!(&out[..back], frame);
+    let ti = Arc::new(Session::from_handshake(hi).unwrap());
+    let tr = Arc::new(Session::from_handshake(hr).unwrap());
+    // The first message as a connection's writer makes it, and read back by its reader.
+    let mut sealer = Sealer::new(Arc::clone(&ti), 1024);
+    sealer.push(first.clone()).unwrap();
+    let mut sealed = BytesMut::new();
+    sealer.seal_into(&mut sealed).unwrap();
+    assert_eq!(sealed.len(), 2 + frame.len() + TAG_LEN);
+    let t1 = sealed[2..].to_vec();
+    let mut opener = Opener::new(Arc::clone(&tr), 1024);
+    opener.open(BytesMut::from(&t1[..])).unwrap();
+    let (back, len) = opener.next_message().unwrap().unwrap();
+    assert_eq!(
+        (encode_frame(&back).to_vec(), len),
+        (frame.to_vec(), frame.len())
+    );
+    let n = ti.write_message(LATER_COUNTER, later, &mut buf).unwrap();
+    let tl = buf[..n].to_vec();
+    let back = tr.read_message(LATER_COUNTER, &tl, &mut out).unwrap();
+    assert_eq!(&out[..back], later);
+    // Under any other counter the message does not open: the counter is the nonce.
+    assert!(tr.read_message(LATER_COUNTER + 1, &tl, &mut out).is_err());
     [
         framed(&m1),
         framed(&m2),
@@ -85,6 +122,7 @@ fn run(i: &Side, r: &Side, statics: Option<(Vec<u8>, Vec<u8>)>, frame: &[u8]) ->
         i_static,
         r_static,
         framed(&t1),
+        framed(&tl),
     ]
 }
 
@@ -110,7 +148,8 @@ fn compute() -> BTreeMap<&'static str, String> {
         reason: "shutdown".into(),
     };
     let frame = encode_frame(&direct);
-    let [m1, m2, m3, i_static, r_static, t1] = transcript(&i, &r, &frame);
+    let [m1, m2, m3, i_static, r_static, t1, t258] =
+        transcript(&i, &r, &direct, &encode_frame(&goodbye));
     let i_static: [u8; 32] = i_static.try_into().unwrap();
     let mut sig_msg = SIGNATURE_PREFIX.to_vec();
     sig_msg.extend_from_slice(&i_static);
@@ -144,6 +183,10 @@ fn compute() -> BTreeMap<&'static str, String> {
     put("envelope-direct", &wire::encode(&direct));
     put("frame-direct", &frame);
     put("transport-message-1", &t1);
+    put("transport-message-258", &t258);
+    let mut nonce = [0u8; 12];
+    nonce[4..].copy_from_slice(&LATER_COUNTER.to_be_bytes());
+    put("transport-nonce-258", &nonce);
     put("envelope-goodbye", &wire::encode(&goodbye));
     let gossip_id = MessageId {
         origin: i.identity.address(),
@@ -237,4 +280,59 @@ fn the_documented_frame_decodes_to_the_documented_message() {
         }
         other => panic!("unexpected {other:?}"),
     }
+}
+
+/// Fixed-key handshake states, finished: (initiator, responder).
+fn finished_handshake() -> (snow::HandshakeState, snow::HandshakeState) {
+    let side = |id: u8, s: u8, e: u8| Side {
+        identity: Identity::from_secret_bytes(&seq(id)),
+        static_secret: seq(s),
+        ephemeral_secret: seq(e),
+    };
+    let (i, r) = (side(0x01, 0x41, 0x61), side(0x21, 0x81, 0xa1));
+    let mut hi = builder(&i).build_initiator().unwrap();
+    let mut hr = builder(&r).build_responder().unwrap();
+    let (mut buf, mut out) = (vec![0u8; 1024], vec![0u8; 1024]);
+    for step in 0..3 {
+        let (w, rd) = if step == 1 {
+            (&mut hr, &mut hi)
+        } else {
+            (&mut hi, &mut hr)
+        };
+        let n = w.write_message(&[], &mut buf).unwrap();
+        rd.read_message(&buf[..n], &mut out).unwrap();
+    }
+    (hi, hr)
+}
+
+#[test]
+fn sealing_with_the_split_keys_matches_snows_transport_state() {
+    // The same transcript twice: once through snow's own transport state, once through the
+    // keys the connection takes out of snow. Both directions, several counters.
+    let (si, sr) = finished_handshake();
+    let (snow_i, snow_r) = (
+        si.into_stateless_transport_mode().unwrap(),
+        sr.into_stateless_transport_mode().unwrap(),
+    );
+    let (ri, rr) = finished_handshake();
+    let (ours_i, ours_r) = (
+        Session::from_handshake(ri).unwrap(),
+        Session::from_handshake(rr).unwrap(),
+    );
+    let plain = b"the same bytes either way";
+    let (mut a, mut b) = (vec![0u8; 64], vec![0u8; 64]);
+    for counter in [0u64, 1, 258, 1 << 40] {
+        let n = snow_i.write_message(counter, plain, &mut a).unwrap();
+        let m = ours_i.write_message(counter, plain, &mut b).unwrap();
+        assert_eq!(a[..n], b[..m], "initiator, counter {counter}");
+        let got = ours_r.read_message(counter, &a[..n], &mut b).unwrap();
+        assert_eq!(&b[..got], plain);
+        let n = snow_r.write_message(counter, plain, &mut a).unwrap();
+        let m = ours_r.write_message(counter, plain, &mut b).unwrap();
+        assert_eq!(a[..n], b[..m], "responder, counter {counter}");
+        let got = snow_i.read_message(counter, &b[..m], &mut a).unwrap();
+        assert_eq!(&a[..got], plain);
+    }
+    // Noise reserves the last counter.
+    assert!(ours_i.write_message(u64::MAX, plain, &mut b).is_err());
 }

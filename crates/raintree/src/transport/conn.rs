@@ -20,9 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::events::{Emitter, Event, Responder};
-use super::framing::{FrameError, Opener, Sealer};
+use super::framing::{FrameError, Opener, Sealer, Session};
 use super::handshake::NoiseReader;
-use super::metrics::{kind_index, TransportMetrics};
+use super::metrics::{message_kind_index, TransportMetrics};
 use super::score::Offence;
 use crate::net::{ReadHalf, WriteHalf};
 
@@ -137,7 +137,7 @@ pub(crate) async fn run<S: Send + 'static>(
     shared: Arc<Shared>,
     link: Arc<dyn PoolLink>,
     conn: ConnRef,
-    cipher: Arc<snow::StatelessTransportState>,
+    cipher: Arc<Session>,
     reader: NoiseReader<ReadHalf>,
     writer: WriteHalf,
     inbound: bool,
@@ -282,7 +282,7 @@ async fn read_loop(
         };
         activity.touch();
         let small = buf.len() <= SMALL_MESSAGE;
-        opener.open(&buf)?;
+        opener.open(buf)?;
         // A burst's read buffer goes back once small messages follow it and it ran empty, so
         // a quiet connection does not keep the largest burst it ever carried.
         let rb = reader.read_buffer_mut();
@@ -290,7 +290,7 @@ async fn read_loop(
             *rb = BytesMut::with_capacity(READ_BUFFER);
         }
         while let Some((msg, len)) = opener.next_message()? {
-            shared.metrics.received(kind_index(msg.kind()), len);
+            shared.metrics.received(message_kind_index(&msg), len);
             match msg {
                 Message::Goodbye { reason } => {
                     // The peer sends nothing more here: stop using this connection, answer
@@ -350,9 +350,11 @@ async fn write_loop(
         msgs.clear();
         let _ = link.take(conn.id, shared.batch_bytes, &mut msgs);
         if !msgs.is_empty() {
-            for m in &msgs {
+            let n = msgs.len();
+            for m in msgs.drain(..) {
+                let kind = message_kind_index(&m);
                 match sealer.push(m) {
-                    Ok(len) => shared.metrics.sent(kind_index(m.kind()), len),
+                    Ok(len) => shared.metrics.sent(kind, len),
                     Err(e) => {
                         // Payloads are checked when queued, so only a misconfiguration lands here.
                         tracing::warn!(%peer, error = %e, "frame dropped");
@@ -360,8 +362,6 @@ async fn write_loop(
                     }
                 }
             }
-            let n = msgs.len();
-            msgs.clear();
             if let Err(e) = sealer.seal_into(&mut out) {
                 tracing::warn!(%peer, error = %e, "encryption failed");
                 break_abort(&shared, &*link, &conn, &abort, n);
@@ -413,8 +413,9 @@ async fn write_loop(
     let bye = Message::Goodbye {
         reason: reason.into(),
     };
-    if let Ok(len) = sealer.push(&bye) {
-        shared.metrics.sent(kind_index(bye.kind()), len);
+    let kind = message_kind_index(&bye);
+    if let Ok(len) = sealer.push(bye) {
+        shared.metrics.sent(kind, len);
     }
     if sealer.seal_into(&mut out).is_ok() && write_out(&mut w, &out, &abort).await {
         tokio::select! {

@@ -7,15 +7,16 @@
 
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message as _;
 use raintree_proto::pb;
 use raintree_proto::wire::{self, Message, WireError};
-use tokio_util::codec::{Decoder, LengthDelimitedCodec};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use tokio_util::codec::LengthDelimitedCodec;
 
 /// Largest Noise message (Noise spec §3).
 pub const MAX_NOISE_MESSAGE: usize = 65_535;
-/// ChaCha20-Poly1305 authentication tag length.
+/// AES-GCM authentication tag length.
 pub const TAG_LEN: usize = 16;
 /// Largest plaintext one Noise transport message carries.
 pub const MAX_NOISE_PLAINTEXT: usize = MAX_NOISE_MESSAGE - TAG_LEN;
@@ -93,29 +94,193 @@ impl FrameError {
     }
 }
 
-/// The sending half of a session: encodes messages and seals them into Noise messages.
+/// Why a transport message could not be sealed or opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CryptoError {
+    /// The message counter reached 2^64 - 1, which Noise reserves.
+    #[error("noise nonces exhausted")]
+    NoncesExhausted,
+    /// The message failed authentication, or is shorter than its tag.
+    #[error("decryption failed")]
+    Decrypt,
+    /// The output buffer is too small.
+    #[error("output buffer too small")]
+    BufferTooSmall,
+}
+
+/// The transport keys of one session after Noise `Split()` (WIRE.md 4): AES-256-GCM, one key
+/// per direction.
+///
+/// snow's transport state copies every plaintext into its output before sealing and every
+/// ciphertext before opening; with the keys in hand, ring seals and opens in place instead, so
+/// each byte is copied once less each way.
+pub struct Session {
+    send: LessSafeKey,
+    recv: LessSafeKey,
+}
+
+/// The AES-GCM nonce of transport message `counter`: 32 zero bits, then the counter big-endian
+/// (Noise 12.4).
+fn nonce(counter: u64) -> Result<Nonce, CryptoError> {
+    if counter == u64::MAX {
+        return Err(CryptoError::NoncesExhausted);
+    }
+    let mut n = [0u8; 12];
+    n[4..].copy_from_slice(&counter.to_be_bytes());
+    Ok(Nonce::assume_unique_for_key(n))
+}
+
+impl Session {
+    /// The transport keys of a finished handshake (in either role).
+    pub fn from_handshake(mut hs: snow::HandshakeState) -> Result<Self, snow::Error> {
+        if !hs.is_handshake_finished() {
+            return Err(snow::Error::State(
+                snow::error::StateProblem::HandshakeNotFinished,
+            ));
+        }
+        // Split() yields the initiator-to-responder key first (Noise 5.2, 5.3).
+        let (i_to_r, r_to_i) = hs.dangerously_get_raw_split();
+        let (send, recv) = if hs.is_initiator() {
+            (i_to_r, r_to_i)
+        } else {
+            (r_to_i, i_to_r)
+        };
+        let key = |k: &[u8; 32]| {
+            // A 32-byte key is always a valid AES-256 key.
+            LessSafeKey::new(UnboundKey::new(&AES_256_GCM, k).expect("32-byte key"))
+        };
+        Ok(Self {
+            send: key(&send),
+            recv: key(&recv),
+        })
+    }
+
+    /// Seals `buf` in place as transport message `counter`; returns the tag to append.
+    fn seal_in_place(&self, counter: u64, buf: &mut [u8]) -> Result<[u8; TAG_LEN], CryptoError> {
+        let tag = self
+            .send
+            .seal_in_place_separate_tag(nonce(counter)?, Aad::empty(), buf)
+            .map_err(|_| CryptoError::BufferTooSmall)?;
+        let mut out = [0u8; TAG_LEN];
+        out.copy_from_slice(tag.as_ref());
+        Ok(out)
+    }
+
+    /// Opens transport message `counter` (ciphertext and tag) in place; returns the
+    /// plaintext's length, at the start of `buf`.
+    fn open_in_place(&self, counter: u64, buf: &mut [u8]) -> Result<usize, CryptoError> {
+        self.recv
+            .open_in_place(nonce(counter)?, Aad::empty(), buf)
+            .map(|p| p.len())
+            .map_err(|_| CryptoError::Decrypt)
+    }
+
+    /// Seals `plain` as transport message `counter` into `out` (ciphertext, then tag); returns
+    /// the message's length. For tests and tools; the connection's [`Sealer`] seals in place.
+    pub fn write_message(
+        &self,
+        counter: u64,
+        plain: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, CryptoError> {
+        let n = plain.len();
+        if out.len() < n + TAG_LEN {
+            return Err(CryptoError::BufferTooSmall);
+        }
+        out[..n].copy_from_slice(plain);
+        let tag = self.seal_in_place(counter, &mut out[..n])?;
+        out[n..n + TAG_LEN].copy_from_slice(&tag);
+        Ok(n + TAG_LEN)
+    }
+
+    /// Opens transport message `counter` into `out`; returns the plaintext's length.
+    pub fn read_message(
+        &self,
+        counter: u64,
+        msg: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, CryptoError> {
+        if out.len() < msg.len() {
+            return Err(CryptoError::BufferTooSmall);
+        }
+        out[..msg.len()].copy_from_slice(msg);
+        self.open_in_place(counter, &mut out[..msg.len()])
+    }
+}
+
+/// The sending half of a session: encodes messages straight into the Noise messages that
+/// carry them and seals those in place.
+///
+/// `out` holds sealed Noise messages (`u16 BE length || ciphertext || tag`) and, at its end,
+/// the open one: a length prefix still to be written at `open_at`, then plaintext.
 pub struct Sealer {
-    cipher: Arc<snow::StatelessTransportState>,
+    session: Arc<Session>,
     nonce: u64,
-    plain: BytesMut,
+    out: BytesMut,
+    open_at: Option<usize>,
+    /// A frame too long for one Noise message, encoded here and then copied across several.
+    big: BytesMut,
     max_frame: usize,
+    /// Set when a message could not be sealed; [`Sealer::seal_into`] reports it.
+    failed: Option<CryptoError>,
 }
 
 impl Sealer {
     /// A sealer starting at nonce 0.
-    pub fn new(cipher: Arc<snow::StatelessTransportState>, max_frame: usize) -> Self {
+    pub fn new(session: Arc<Session>, max_frame: usize) -> Self {
         Self {
-            cipher,
+            session,
             nonce: 0,
-            plain: BytesMut::new(),
+            out: BytesMut::new(),
+            open_at: None,
+            big: BytesMut::new(),
             max_frame,
+            failed: None,
+        }
+    }
+
+    /// Plaintext bytes in the open Noise message.
+    fn open_len(&self) -> usize {
+        self.open_at.map_or(0, |at| self.out.len() - at - 2)
+    }
+
+    /// Room left in the open Noise message, opening one if none is.
+    fn room(&mut self) -> usize {
+        if self.open_at.is_none() {
+            self.open_at = Some(self.out.len());
+            self.out.put_u16(0);
+        }
+        MAX_NOISE_PLAINTEXT - self.open_len()
+    }
+
+    /// Seals the open Noise message, if any.
+    fn close(&mut self) {
+        let Some(at) = self.open_at.take() else {
+            return;
+        };
+        let n = self.out.len() - at - 2;
+        match self
+            .session
+            .seal_in_place(self.nonce, &mut self.out[at + 2..])
+        {
+            Ok(tag) => {
+                self.out.extend_from_slice(&tag);
+                // n + TAG_LEN <= MAX_NOISE_MESSAGE, so it fits the u16 prefix.
+                self.out[at..at + 2].copy_from_slice(&((n + TAG_LEN) as u16).to_be_bytes());
+                self.nonce += 1;
+            }
+            Err(e) => {
+                self.out.truncate(at);
+                self.failed = Some(e);
+            }
         }
     }
 
     /// Appends one frame for `msg`; returns its length on the wire (prefix included).
     ///
-    /// The payload is copied once, straight into the plaintext buffer that is then encrypted.
-    pub fn push(&mut self, msg: &Message) -> Result<usize, WireError> {
+    /// The payload is copied once, straight into the Noise message that is then sealed. `msg`
+    /// is taken by value so that encoding does not clone (and later drop) its payload.
+    pub fn push(&mut self, msg: Message) -> Result<usize, WireError> {
         let env = pb::Envelope::from(msg);
         let len = env.encoded_len();
         if len > self.max_frame {
@@ -124,121 +289,193 @@ impl Sealer {
                 max: self.max_frame,
             });
         }
-        self.plain.reserve(4 + len);
-        // len <= max_frame, which the config keeps below u32::MAX.
-        self.plain.put_u32(len as u32);
-        // The buffer has room for `len` bytes, so encoding cannot fail.
-        let _ = env.encode(&mut self.plain);
+        if 4 + len <= MAX_NOISE_PLAINTEXT {
+            // A small frame goes whole into one Noise message: end the open one early rather
+            // than split the frame, so the receiver can hand it on without copying it.
+            if self.room() < 4 + len {
+                self.close();
+                self.room();
+            }
+            self.out.reserve(4 + len + TAG_LEN);
+            // len <= max_frame, which the config keeps below u32::MAX.
+            self.out.put_u32(len as u32);
+            // The buffer has room for `len` bytes, so encoding cannot fail.
+            let _ = env.encode(&mut self.out);
+        } else {
+            let mut big = std::mem::take(&mut self.big);
+            big.clear();
+            big.reserve(4 + len);
+            big.put_u32(len as u32);
+            let _ = env.encode(&mut big);
+            self.out
+                .reserve(big.len() + big.len().div_ceil(MAX_NOISE_PLAINTEXT) * (2 + TAG_LEN));
+            let mut rest = &big[..];
+            while !rest.is_empty() {
+                let room = self.room();
+                if room == 0 {
+                    self.close();
+                    continue;
+                }
+                let n = room.min(rest.len());
+                self.out.extend_from_slice(&rest[..n]);
+                rest = &rest[n..];
+            }
+            self.big = big;
+        }
         Ok(4 + len)
     }
 
-    /// Bytes of plaintext waiting to be sealed.
+    /// Bytes buffered (sealed or not) and not yet handed out by [`Sealer::seal_into`].
     pub fn pending(&self) -> usize {
-        self.plain.len()
+        self.out.len()
     }
 
-    /// Encrypts every pending frame into `out` as `u16 BE length || Noise message` chunks.
-    pub fn seal_into(&mut self, out: &mut BytesMut) -> Result<(), snow::Error> {
-        let chunks = self.plain.len().div_ceil(MAX_NOISE_PLAINTEXT);
-        out.reserve(self.plain.len() + chunks * (2 + TAG_LEN));
-        for chunk in self.plain.chunks(MAX_NOISE_PLAINTEXT) {
-            let start = out.len();
-            let n = chunk.len() + TAG_LEN;
-            out.put_u16(n as u16);
-            out.resize(start + 2 + n, 0);
-            self.cipher
-                .write_message(self.nonce, chunk, &mut out[start + 2..])?;
-            self.nonce += 1;
+    /// Seals the open Noise message and moves every sealed one into `out`, each as
+    /// `u16 BE length || Noise message`.
+    pub fn seal_into(&mut self, out: &mut BytesMut) -> Result<(), CryptoError> {
+        self.close();
+        if let Some(e) = self.failed {
+            self.out.clear();
+            return Err(e);
         }
-        self.plain.clear();
+        if out.is_empty() {
+            // The caller's (empty) buffer becomes the next one to fill: no copy.
+            std::mem::swap(out, &mut self.out);
+        } else {
+            out.extend_from_slice(&self.out);
+            self.out.clear();
+        }
         Ok(())
     }
 
-    /// Releases a large plaintext buffer left by a big frame so idle connections stay small.
+    /// Releases large buffers left by big frames so idle connections stay small.
     pub fn shrink(&mut self) {
-        if self.plain.capacity() > 2 * MAX_NOISE_MESSAGE {
-            self.plain = BytesMut::new();
+        if self.out.is_empty() && self.out.capacity() > 2 * MAX_NOISE_MESSAGE {
+            self.out = BytesMut::new();
+        }
+        if self.big.capacity() > 2 * MAX_NOISE_MESSAGE {
+            self.big = BytesMut::new();
         }
     }
 }
 
-/// The receiving half of a session: opens Noise messages and splits the plaintext into frames.
+/// The receiving half of a session: opens Noise messages in place and splits their
+/// plaintext into frames.
+///
+/// A frame inside one Noise message is handed on as a slice of that message's buffer, without
+/// a copy; only the pieces of a frame that spans messages are gathered into `partial`.
 pub struct Opener {
-    cipher: Arc<snow::StatelessTransportState>,
+    session: Arc<Session>,
     nonce: u64,
-    plain: BytesMut,
-    frames: LengthDelimitedCodec,
+    /// Plaintext of the last opened message not yet split into frames.
+    cur: BytesMut,
+    /// The beginning of a frame (length prefix included) that continues in a later message.
+    partial: BytesMut,
+    max_frame: usize,
     max_payload: usize,
-    /// Inside a frame: the codec may have taken its length prefix out of `plain` already.
-    mid_frame: bool,
 }
 
 impl Opener {
     /// An opener starting at nonce 0.
-    pub fn new(cipher: Arc<snow::StatelessTransportState>, max_payload: usize) -> Self {
+    pub fn new(session: Arc<Session>, max_payload: usize) -> Self {
         Self {
-            cipher,
+            session,
             nonce: 0,
-            plain: BytesMut::new(),
-            frames: frame_codec(max_frame_len(max_payload)),
+            cur: BytesMut::new(),
+            partial: BytesMut::new(),
+            max_frame: max_frame_len(max_payload),
             max_payload,
-            mid_frame: false,
         }
     }
 
-    /// Decrypts one Noise message and appends its plaintext to the frame stream.
-    pub fn open(&mut self, noise_msg: &[u8]) -> Result<(), FrameError> {
+    /// Decrypts one Noise message in place and makes its plaintext the next part of the frame
+    /// stream. Call [`Opener::next_message`] until it returns `None` before the next one.
+    pub fn open(&mut self, mut noise_msg: BytesMut) -> Result<(), FrameError> {
         if noise_msg.len() < TAG_LEN {
             return Err(FrameError::BadLength(noise_msg.len()));
         }
-        let start = self.plain.len();
-        // The cipher wants room for the whole message (tag included) to decrypt in place;
-        // with less it allocates and copies the message once more.
-        let need = noise_msg.len();
-        if self.plain.capacity() - start < need {
-            // Frames handed out still share the old buffer, so growing copies the partial
-            // frame left in it: grow by several messages at a time to copy rarely.
-            self.plain.reserve(need.max(4 * MAX_NOISE_MESSAGE));
-        }
-        self.plain.resize(start + need, 0);
-        let opened = self
-            .cipher
-            .read_message(self.nonce, noise_msg, &mut self.plain[start..]);
-        let Ok(n) = opened else {
-            self.plain.truncate(start);
-            return Err(FrameError::Decrypt);
-        };
-        self.plain.truncate(start + n);
+        let n = self
+            .session
+            .open_in_place(self.nonce, &mut noise_msg)
+            .map_err(|_| FrameError::Decrypt)?;
+        noise_msg.truncate(n);
         self.nonce += 1;
+        // Whatever the last message left unframed was moved to `partial` by next_message.
+        debug_assert!(self.cur.is_empty());
+        self.cur = noise_msg;
         Ok(())
+    }
+
+    /// The length a frame's prefix declares, checked against the limit.
+    fn declared(&self, prefix: &[u8]) -> Result<usize, FrameError> {
+        let n = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+        if n > self.max_frame {
+            return Err(FrameError::TooLarge);
+        }
+        Ok(n)
+    }
+
+    /// Moves `n` bytes from the front of `cur` to the end of `partial`.
+    fn gather(&mut self, n: usize) {
+        let n = n.min(self.cur.len());
+        self.partial.extend_from_slice(&self.cur[..n]);
+        let _ = self.cur.split_to(n);
+        if self.cur.is_empty() {
+            // Let go of the message's buffer: frames handed on keep only what they need.
+            self.cur = BytesMut::new();
+        }
     }
 
     /// The next complete frame's message, if the stream holds one.
     pub fn next_message(&mut self) -> Result<Option<(Message, usize)>, FrameError> {
-        let buffered = !self.plain.is_empty();
-        match self.frames.decode(&mut self.plain) {
-            Ok(Some(frame)) => {
-                self.mid_frame = false;
-                let len = frame.len() + 4;
-                let msg = wire::decode(frame.freeze(), self.max_payload)?;
-                Ok(Some((msg, len)))
-            }
-            Ok(None) => {
-                // Bytes were waiting but made no frame: a partial prefix, or a prefix the codec
-                // consumed while the body is still to come.
-                self.mid_frame |= buffered;
-                if self.plain.is_empty() && self.plain.capacity() > 8 * MAX_NOISE_MESSAGE {
-                    self.plain = BytesMut::new();
+        let frame = if !self.partial.is_empty() {
+            if self.partial.len() < 4 {
+                self.gather(4 - self.partial.len());
+                if self.partial.len() < 4 {
+                    return Ok(None);
                 }
-                Ok(None)
             }
-            Err(e) => Err(FrameError::from_codec(e)),
-        }
+            let len = self.declared(&self.partial[..4])?;
+            let need = 4 + len - self.partial.len();
+            if need > 0 {
+                // Bounded by the frame limit just checked.
+                self.partial.reserve(need);
+                self.gather(need);
+            }
+            if self.partial.len() < 4 + len {
+                return Ok(None);
+            }
+            let mut frame = std::mem::take(&mut self.partial);
+            frame.advance(4);
+            frame.freeze()
+        } else {
+            if self.cur.len() < 4 {
+                self.gather(self.cur.len());
+                return Ok(None);
+            }
+            let len = self.declared(&self.cur[..4])?;
+            if self.cur.len() < 4 + len {
+                self.partial.reserve(4 + len);
+                self.gather(self.cur.len());
+                return Ok(None);
+            }
+            // Moving the start past the prefix touches no reference count (the buffer's count
+            // is shared with frames the application may be dropping on another core).
+            self.cur.advance(4);
+            let frame = self.cur.split_to(len).freeze();
+            if self.cur.is_empty() {
+                self.cur = BytesMut::new();
+            }
+            frame
+        };
+        let len = 4 + frame.len();
+        let msg = wire::decode(frame, self.max_payload)?;
+        Ok(Some((msg, len)))
     }
 
     /// True when the stream ends between frames.
     pub fn at_boundary(&self) -> bool {
-        !self.mid_frame && self.plain.is_empty()
+        self.partial.is_empty() && self.cur.is_empty()
     }
 }
 
@@ -255,12 +492,10 @@ pub fn encode_frame(msg: &Message) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_util::codec::Decoder;
 
-    /// A finished Noise XX session: (initiator, responder) transport ciphers.
-    fn session() -> (
-        Arc<snow::StatelessTransportState>,
-        Arc<snow::StatelessTransportState>,
-    ) {
+    /// A finished Noise XX session: (initiator, responder) transport keys.
+    fn session() -> (Arc<Session>, Arc<Session>) {
         let params: snow::params::NoiseParams =
             super::super::handshake::NOISE_PARAMS.parse().unwrap();
         let keys = |b: &snow::Builder| b.generate_keypair().unwrap().private;
@@ -287,16 +522,16 @@ mod tests {
             rd.read_message(&a[..n], &mut b).unwrap();
         }
         (
-            Arc::new(i.into_stateless_transport_mode().unwrap()),
-            Arc::new(r.into_stateless_transport_mode().unwrap()),
+            Arc::new(Session::from_handshake(i).unwrap()),
+            Arc::new(Session::from_handshake(r).unwrap()),
         )
     }
 
-    fn seal(cipher: &snow::StatelessTransportState, nonce: u64, plain: &[u8]) -> Vec<u8> {
+    fn seal(session: &Session, nonce: u64, plain: &[u8]) -> BytesMut {
         let mut out = vec![0u8; plain.len() + TAG_LEN];
-        let n = cipher.write_message(nonce, plain, &mut out).unwrap();
+        let n = session.write_message(nonce, plain, &mut out).unwrap();
         out.truncate(n);
-        out
+        BytesMut::from(&out[..])
     }
 
     #[test]
@@ -306,17 +541,63 @@ mod tests {
         let mut opener = Opener::new(r, 1024);
         assert!(opener.at_boundary());
         // Only the 4-byte prefix arrives, then the peer goes away: that is a truncation.
-        opener.open(&seal(&i, 0, &frame[..4])).unwrap();
+        opener.open(seal(&i, 0, &frame[..4])).unwrap();
         assert!(opener.next_message().unwrap().is_none());
         assert!(!opener.at_boundary());
         // The body completes the frame, and the stream is between frames again.
-        opener.open(&seal(&i, 1, &frame[4..])).unwrap();
+        opener.open(seal(&i, 1, &frame[4..])).unwrap();
         assert!(opener.next_message().unwrap().is_some());
         assert!(opener.next_message().unwrap().is_none());
         assert!(opener.at_boundary());
         // Two bytes of a prefix are mid-frame too.
-        opener.open(&seal(&i, 2, &frame[..2])).unwrap();
+        opener.open(seal(&i, 2, &frame[..2])).unwrap();
         assert!(opener.next_message().unwrap().is_none());
         assert!(!opener.at_boundary());
+    }
+
+    fn direct(nonce: u64, len: usize) -> Message {
+        Message::Direct {
+            id: raintree_proto::wire::MessageId {
+                origin: raintree_proto::Address([3; 20]),
+                nonce,
+            },
+            payload: Bytes::from(vec![nonce as u8; len]),
+        }
+    }
+
+    #[test]
+    fn small_frames_stay_whole_in_one_noise_message_and_big_ones_fill_them() {
+        let (i, r) = session();
+        let mut sealer = Sealer::new(i, max_frame_len(1 << 20));
+        let mut opener = Opener::new(r, 1 << 20);
+        // 200 small frames, then one frame of three Noise messages' worth, then small again.
+        let mut sent: Vec<Message> = (0..200).map(|n| direct(n, 1000)).collect();
+        sent.push(direct(200, 3 * MAX_NOISE_PLAINTEXT));
+        sent.extend((201..260).map(|n| direct(n, 1000)));
+        for m in &sent {
+            sealer.push(m.clone()).unwrap();
+        }
+        let mut wire = BytesMut::new();
+        sealer.seal_into(&mut wire).unwrap();
+        assert_eq!(sealer.pending(), 0);
+        let mut codec = noise_codec();
+        let (mut got, mut sizes, mut boundaries) = (Vec::new(), Vec::new(), Vec::new());
+        while let Some(m) = codec.decode(&mut wire).unwrap() {
+            sizes.push(m.len());
+            opener.open(m).unwrap();
+            while let Some((msg, _)) = opener.next_message().unwrap() {
+                got.push(msg);
+            }
+            boundaries.push(opener.at_boundary());
+        }
+        assert!(wire.is_empty());
+        assert_eq!(got, sent);
+        // The messages before the big frame carry whole small frames only.
+        let before = 200 * (4 + 1000 + 34) / MAX_NOISE_PLAINTEXT;
+        assert!(boundaries[..before].iter().all(|b| *b), "{boundaries:?}");
+        // The big frame's pieces fill their messages to the limit.
+        let full = sizes.iter().filter(|s| **s == MAX_NOISE_MESSAGE).count();
+        assert!(full >= 3, "{sizes:?}");
+        assert!(opener.at_boundary());
     }
 }

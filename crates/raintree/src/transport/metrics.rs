@@ -5,6 +5,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use raintree_proto::wire::Message;
 
 /// Message kinds in the order of [`kind_index`].
 pub const KINDS: [&str; 8] = [
@@ -21,6 +22,20 @@ pub const KINDS: [&str; 8] = [
 /// The index of a message kind in [`KINDS`].
 pub fn kind_index(kind: &str) -> usize {
     KINDS.iter().position(|k| *k == kind).unwrap_or(0)
+}
+
+/// The index of `msg`'s kind in [`KINDS`], without comparing strings (twice per message).
+pub fn message_kind_index(msg: &Message) -> usize {
+    match msg {
+        Message::Gossip(_) => 0,
+        Message::Ack { .. } => 1,
+        Message::Igyw { .. } => 2,
+        Message::IgywReply { .. } => 3,
+        Message::Direct { .. } => 4,
+        Message::Request { .. } => 5,
+        Message::Response { .. } => 6,
+        Message::Goodbye { .. } => 7,
+    }
 }
 
 /// A `kind` label.
@@ -323,5 +338,56 @@ impl TransportMetrics {
     /// Requests finished with `outcome` so far.
     pub fn requests(&self, outcome: &'static str) -> u64 {
         self.requests.get_or_create(&OutcomeLabel { outcome }).get()
+    }
+}
+
+#[cfg(test)]
+mod kind_tests {
+    use super::*;
+    use bytes::Bytes;
+    use raintree_proto::wire::{Gossip, MessageId, Route, Strategy};
+    use raintree_proto::Address;
+
+    #[test]
+    fn message_kind_index_agrees_with_the_kind_label() {
+        let id = MessageId {
+            origin: Address([1; 20]),
+            nonce: 1,
+        };
+        let all = [
+            Message::Gossip(Gossip {
+                id,
+                level_or_range: 0,
+                strategy: Strategy::Exact,
+                route: Route::Tree,
+                origin_time_us: 0,
+                hops: 0,
+                payload: Bytes::new(),
+                signature: None,
+            }),
+            Message::Ack {
+                id,
+                level_or_range: 0,
+            },
+            Message::Igyw { id, span: 0 },
+            Message::IgywReply { id, want: false },
+            Message::Direct {
+                id,
+                payload: Bytes::new(),
+            },
+            Message::Request {
+                id: 1,
+                payload: Bytes::new(),
+            },
+            Message::Response {
+                id: 1,
+                payload: Bytes::new(),
+            },
+            Message::Goodbye { reason: "x".into() },
+        ];
+        let got: Vec<usize> = all.iter().map(message_kind_index).collect();
+        let want: Vec<usize> = all.iter().map(|m| kind_index(m.kind())).collect();
+        assert_eq!(got, want);
+        assert_eq!(got, (0..KINDS.len()).collect::<Vec<_>>());
     }
 }

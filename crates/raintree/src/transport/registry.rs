@@ -286,10 +286,11 @@ impl Inner {
             return Err(SendError::Banned(peer));
         }
         let mut st = lock(&self.state);
-        let dial_to = st.book.get(&peer).copied();
+        // The peer book is consulted only for a peer not yet seen or not connected, so a send
+        // on a live connection hashes the address once.
         let p = match st.peers.get(&peer) {
             Some(p) => Arc::clone(p),
-            None if dial_to.is_some() => self.peer_entry(&mut st, peer),
+            None if st.book.contains_key(&peer) => self.peer_entry(&mut st, peer),
             None => return Err(SendError::UnknownPeer(peer)),
         };
         let mut q = p.lock();
@@ -305,7 +306,7 @@ impl Inner {
         let reserved = q.queue.check(&msg).map_err(full)?;
         let mut dial = None;
         if q.current.is_none() && !q.dialing {
-            let Some(addr) = dial_to else {
+            let Some(addr) = st.book.get(&peer).copied() else {
                 return Err(SendError::UnknownPeer(peer));
             };
             if st.outbound >= self.config.max_outbound {
@@ -317,8 +318,11 @@ impl Inner {
         }
         drop(st);
         register(&mut q);
+        // A writer with messages waiting was woken for the first of them and takes again until
+        // the queue is empty, so only a push onto an empty queue needs to wake it.
+        let was_empty = q.queue.len() == 0;
         q.queue.push(msg, reserved).map_err(full)?;
-        if let Some(c) = &q.current {
+        if let (true, Some(c)) = (was_empty, &q.current) {
             c.wake.notify_one();
         }
         drop(q);

@@ -138,7 +138,7 @@ pub mod raw {
     pub struct RawSession {
         pub reader: NoiseReader,
         pub writer: OwnedWriteHalf,
-        pub cipher: Arc<snow::StatelessTransportState>,
+        pub cipher: Arc<raintree::transport::framing::Session>,
         pub nonce: u64,
         pub identity: Identity,
     }
