@@ -17,21 +17,26 @@ fn outputs<R: rand::RngCore>(e: &mut Engine<R>) -> Vec<Output> {
     std::iter::from_fn(|| e.poll_output()).collect()
 }
 
+/// The gossip copies among `e`'s pending outputs, with their receivers (other outputs dropped).
+fn sent_gossip<R: rand::RngCore>(e: &mut Engine<R>) -> Vec<(Address, Gossip)> {
+    outputs(e)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Send {
+                to,
+                message: Message::Gossip(g),
+            } => Some((to, g)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Node 0 of `net` broadcasts `payload`; returns the first gossip copy it sends.
 fn first_copy(net: &mut Net, payload: &'static [u8]) -> Gossip {
     net.engines[0]
         .broadcast(T0, Bytes::from_static(payload), 42)
         .unwrap();
-    outputs(&mut net.engines[0])
-        .into_iter()
-        .find_map(|o| match o {
-            Output::Send {
-                message: Message::Gossip(g),
-                ..
-            } => Some(g),
-            _ => None,
-        })
-        .unwrap()
+    sent_gossip(&mut net.engines[0]).swap_remove(0).1
 }
 
 #[test]
@@ -515,18 +520,11 @@ fn widest_copies(net: &mut Net, count: usize, len: usize) -> Vec<(usize, Gossip)
             net.engines[0]
                 .broadcast(now, Bytes::from(vec![i as u8; len]), 0)
                 .unwrap();
-            let list = net.list.clone();
-            outputs(&mut net.engines[0])
+            let (to, g) = sent_gossip(&mut net.engines[0])
                 .into_iter()
-                .filter_map(|o| match o {
-                    Output::Send {
-                        to,
-                        message: Message::Gossip(g),
-                    } => Some((list.position(&to).unwrap(), g)),
-                    _ => None,
-                })
                 .max_by_key(|(_, g)| g.level_or_range)
-                .unwrap()
+                .unwrap();
+            (net.list.position(&to).unwrap(), g)
         })
         .collect()
 }
@@ -551,18 +549,7 @@ fn held_under_silence(budget: usize, count: usize) -> (Engine, usize, usize) {
         victim
             .handle_message(now, from, Message::Gossip(g))
             .unwrap();
-        forwarded += outputs(&mut victim)
-            .iter()
-            .filter(|o| {
-                matches!(
-                    o,
-                    Output::Send {
-                        message: Message::Gossip(_),
-                        ..
-                    }
-                )
-            })
-            .count();
+        forwarded += sent_gossip(&mut victim).len();
         most = most.max(victim.held_bytes());
     }
     (victim, most, forwarded)
@@ -644,16 +631,7 @@ fn leaf_copies(net: &mut Net, origin: usize, count: usize) -> Vec<Gossip> {
             net.engines[origin]
                 .broadcast(now, Bytes::from_static(b"m"), 0)
                 .unwrap();
-            let g = outputs(&mut net.engines[origin])
-                .into_iter()
-                .find_map(|o| match o {
-                    Output::Send {
-                        message: Message::Gossip(g),
-                        ..
-                    } => Some(g),
-                    _ => None,
-                })
-                .unwrap();
+            let (_, g) = sent_gossip(&mut net.engines[origin]).swap_remove(0);
             Gossip {
                 level_or_range: 1,
                 ..g
