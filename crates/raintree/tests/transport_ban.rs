@@ -219,6 +219,34 @@ async fn a_node_bans_a_listed_peer_that_forges_broadcasts() {
     );
 }
 
+/// A validly signed tree copy of `who`'s own broadcast number `nonce`, carrying `range`.
+fn own_broadcast(who: &Identity, nonce: u64, range: u32) -> Gossip {
+    let id = MessageId {
+        origin: who.address(),
+        nonce,
+    };
+    let payload = Bytes::from_static(b"block");
+    let signature = who.sign(&signed_bytes(
+        &id,
+        7,
+        Strategy::Exact,
+        &payload_hash(&payload),
+    ));
+    Gossip {
+        id,
+        level_or_range: range,
+        strategy: Strategy::Exact,
+        route: Route::Tree,
+        origin_time_us: 7,
+        hops: 1,
+        payload,
+        signature: Some(std::sync::Arc::new(OriginSignature {
+            public_key: who.public_key(),
+            signature,
+        })),
+    }
+}
+
 #[tokio::test]
 async fn an_inflated_range_is_cut_delivered_and_scored_lightly() {
     let hostile = Identity::generate();
@@ -235,30 +263,8 @@ async fn an_inflated_range_is_cut_delivered_and_scored_lightly() {
     let (node, mut streams) = Node::start(cfg).await.unwrap();
     let mut s = raw::connect_as(hostile.clone(), node.local_addr(), node.address()).await;
     // A validly signed broadcast of its own, with a range no sender could give.
-    let id = MessageId {
-        origin: hostile.address(),
-        nonce: 1,
-    };
-    let payload = Bytes::from_static(b"block");
-    let signature = hostile.sign(&signed_bytes(
-        &id,
-        7,
-        Strategy::Exact,
-        &payload_hash(&payload),
-    ));
-    let g = Gossip {
-        id,
-        level_or_range: 1 << 31,
-        strategy: Strategy::Exact,
-        route: Route::Tree,
-        origin_time_us: 7,
-        hops: 1,
-        payload: payload.clone(),
-        signature: Some(std::sync::Arc::new(OriginSignature {
-            public_key: hostile.public_key(),
-            signature,
-        })),
-    };
+    let g = own_broadcast(&hostile, 1, 1 << 31);
+    let (id, payload) = (g.id, g.payload.clone());
     s.send_messages(&[Message::Gossip(g)]).await;
     let d = tokio::time::timeout(WAIT, streams.deliveries.recv())
         .await
@@ -272,34 +278,6 @@ async fn an_inflated_range_is_cut_delivered_and_scored_lightly() {
     );
     assert!(text.contains("raintree_transport_bans_total 0"), "{text}");
     node.shutdown(Duration::from_secs(5)).await;
-}
-
-/// A validly signed leaf copy of `who`'s own broadcast number `nonce`.
-fn own_broadcast(who: &Identity, nonce: u64) -> Message {
-    let id = MessageId {
-        origin: who.address(),
-        nonce,
-    };
-    let payload = Bytes::from_static(b"fresh");
-    let signature = who.sign(&signed_bytes(
-        &id,
-        7,
-        Strategy::Exact,
-        &payload_hash(&payload),
-    ));
-    Message::Gossip(Gossip {
-        id,
-        level_or_range: 1,
-        strategy: Strategy::Exact,
-        route: Route::Tree,
-        origin_time_us: 7,
-        hops: 1,
-        payload,
-        signature: Some(std::sync::Arc::new(OriginSignature {
-            public_key: who.public_key(),
-            signature,
-        })),
-    })
 }
 
 #[tokio::test]
@@ -322,7 +300,9 @@ async fn a_node_bans_a_listed_peer_that_floods_its_own_broadcasts() {
     let mut s = raw::connect_as(hostile.clone(), node.local_addr(), node.address()).await;
     // Valid broadcasts of its own, far more than its share: past half the set (32 ids) each
     // is refused and scores 0.25, so the 20th refusal bans it.
-    let msgs: Vec<Message> = (0..100).map(|n| own_broadcast(&hostile, n)).collect();
+    let msgs: Vec<Message> = (0..100)
+        .map(|n| Message::Gossip(own_broadcast(&hostile, n, 1)))
+        .collect();
     s.send_messages(&msgs).await;
     assert!(s.closed_by_peer().await, "the flooder's socket stays open");
     let text = node.metrics_text();
