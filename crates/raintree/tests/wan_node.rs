@@ -59,6 +59,23 @@ fn address(i: usize) -> raintree::proto::Address {
     wan::identity(SEED, i).address()
 }
 
+/// Host n0 of two: half a second in, broadcasts `count` payloads of `size` bytes, then idles.
+fn broadcaster(sim: &mut turmoil::Sim<'static>, protocol: &Config, count: u64, size: usize) {
+    let protocol = protocol.clone();
+    sim.host(host_name(0), move || {
+        let protocol = protocol.clone();
+        async move {
+            let (node, _streams) = start(0, 2, &protocol, |_| {}).await;
+            sleep_until(ms(500)).await;
+            for k in 0..count {
+                node.broadcast(Bytes::from(vec![k as u8; size])).await?;
+            }
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+    });
+}
+
 /// Records when the node's counters first satisfy `f`.
 async fn when(node: &Node, f: impl Fn(&raintree::proto::broadcast::Stats) -> bool) -> Duration {
     let mut w = node.stats_watch();
@@ -193,21 +210,7 @@ fn a_slow_application_holds_at_most_the_delivery_budget_and_resumes_when_it_read
     let budget = 16 * 1024;
     let protocol = fixed_deadline(Duration::from_secs(1));
     let mut sim = sim(ms(20), Duration::from_secs(60));
-    sim.host(host_name(0), {
-        let protocol = protocol.clone();
-        move || {
-            let protocol = protocol.clone();
-            async move {
-                let (node, _streams) = start(0, 2, &protocol, |_| {}).await;
-                sleep_until(ms(500)).await;
-                for k in 0..count {
-                    node.broadcast(Bytes::from(vec![k as u8; 4096])).await?;
-                }
-                std::future::pending::<()>().await;
-                Ok(())
-            }
-        }
-    });
+    broadcaster(&mut sim, &protocol, count, 4096);
     let got = Rc::new(RefCell::new((0u64, Vec::new())));
     let out = Rc::clone(&got);
     sim.client(host_name(1), async move {
@@ -339,21 +342,7 @@ fn graceful_shutdown_under_100ms_latency_loses_no_acked_message() {
     let count = 20u64;
     let got = Rc::new(RefCell::new((0u64, 0u64)));
     let out = Rc::clone(&got);
-    sim.host(host_name(0), {
-        let protocol = protocol.clone();
-        move || {
-            let protocol = protocol.clone();
-            async move {
-                let (node, _streams) = start(0, 2, &protocol, |_| {}).await;
-                sleep_until(ms(500)).await;
-                for k in 0..count {
-                    node.broadcast(Bytes::from(vec![k as u8; 1000])).await?;
-                }
-                std::future::pending::<()>().await;
-                Ok(())
-            }
-        }
-    });
+    broadcaster(&mut sim, &protocol, count, 1000);
     sim.client(host_name(1), async move {
         let (node, mut streams) = start(1, 2, &protocol, |c| c.delivery_capacity = 1).await;
         when(&node, |s| s.acks_sent >= count).await;
