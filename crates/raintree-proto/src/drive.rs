@@ -1,7 +1,14 @@
-//! One way to feed an [`Engine`] its inputs and take its outputs, shared by the simulator, the
-//! engine's test network and the node driver, so the rules of a step live in one place:
-//! overdue timers fire before the input (a steady stream of inputs cannot starve them), then
-//! the input, then every output goes to the [`Sink`], and the next deadline comes back.
+//! One way to feed an [`Engine`] its inputs and take its outputs.
+//!
+//! What is shared, and by whom:
+//! - [`drain`], the hand-over of every output to a [`Sink`] after an input, is used by
+//!   everything that steps an engine: the node driver, the simulator, the engine's test
+//!   network and the fuzzer. In debug builds it checks [`Engine::check_invariants`] first, so
+//!   every input of every debug run is checked.
+//! - [`step`] and [`apply`] add the rule for inputs that arrive on a clock of their own (the
+//!   node driver): overdue timers fire before the input, so a steady stream of inputs cannot
+//!   starve them. The simulator and the engine tests deliver events in deadline order, so no
+//!   timer is ever overdue at an input there, and they call the engine's inputs directly.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rand::RngCore;
 
-use crate::broadcast::{Engine, EngineError, Output};
+use crate::broadcast::{Engine, EngineError, Misbehaviour, Output};
 use crate::peers::{Address, PeerList};
 use crate::wire::{Message, MessageId};
 
@@ -20,7 +27,7 @@ pub trait Sink {
     /// The engine hands a payload to the application (once per id).
     fn deliver(&mut self, id: MessageId, payload: Bytes, origin_time_us: u64, hops: u32);
     /// `peer` sent something no correct peer sends (already counted in the engine's stats).
-    fn misbehaved(&mut self, _peer: Address, _reason: &'static str) {}
+    fn misbehaved(&mut self, _peer: Address, _reason: Misbehaviour) {}
 }
 
 /// Something that happened to the engine's node.
@@ -105,8 +112,11 @@ pub fn fire_due<R: RngCore>(engine: &mut Engine<R>, now: Duration) -> bool {
     due
 }
 
-/// Hands every pending output to `sink`.
+/// Hands every pending output to `sink`; in debug builds, first checks that the input left
+/// the engine consistent.
 pub fn drain<R: RngCore>(engine: &mut Engine<R>, sink: &mut impl Sink) {
+    #[cfg(debug_assertions)]
+    debug_check(engine);
     while let Some(out) = engine.poll_output() {
         match out {
             Output::Send { to, message } => sink.send(to, message),
@@ -117,6 +127,18 @@ pub fn drain<R: RngCore>(engine: &mut Engine<R>, sink: &mut impl Sink) {
                 hops,
             } => sink.deliver(id, payload, origin_time_us, hops),
             Output::Misbehaved { peer, reason } => sink.misbehaved(peer, reason),
+        }
+    }
+}
+
+/// The check is linear in the engine's state: after every input while the state is small,
+/// and after every 64th once it is large, so a long debug run stays linear in its inputs.
+#[cfg(debug_assertions)]
+fn debug_check<R: RngCore>(engine: &Engine<R>) {
+    let size = engine.seen_len() + engine.timer_count();
+    if size <= 256 || engine.inputs() % 64 == 0 {
+        if let Err(v) = engine.check_invariants() {
+            panic!("{v}");
         }
     }
 }

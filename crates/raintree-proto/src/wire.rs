@@ -282,6 +282,95 @@ impl Message {
     }
 }
 
+/// The broadcast protocol's messages: what engines take and emit. The transport's own
+/// messages (`Request`, `Response`, `Goodbye`) have no variant here, so they cannot reach an
+/// engine.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum BroadcastMessage {
+    /// A broadcast payload.
+    Gossip(Gossip),
+    /// Acknowledges a tree send.
+    Ack {
+        /// The broadcast acknowledged.
+        id: MessageId,
+        /// The level or range of the acknowledged copy.
+        level_or_range: u32,
+    },
+    /// "I got, you want?"
+    Igyw {
+        /// The broadcast offered.
+        id: MessageId,
+        /// The clean-up window the receiver answers for (0 reads as 1).
+        span: u32,
+    },
+    /// The answer to an `Igyw`.
+    IgywReply {
+        /// The broadcast offered.
+        id: MessageId,
+        /// True asks for the full message.
+        want: bool,
+    },
+    /// A level-0 send: delivered, never forwarded.
+    Direct {
+        /// Identifies the message for dedup.
+        id: MessageId,
+        /// The application payload.
+        payload: Bytes,
+    },
+}
+
+impl BroadcastMessage {
+    /// The broadcast this message is about.
+    pub fn id(&self) -> MessageId {
+        match self {
+            BroadcastMessage::Gossip(g) => g.id,
+            BroadcastMessage::Ack { id, .. }
+            | BroadcastMessage::Igyw { id, .. }
+            | BroadcastMessage::IgywReply { id, .. }
+            | BroadcastMessage::Direct { id, .. } => *id,
+        }
+    }
+
+    /// A short name of the message kind, for metrics labels and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BroadcastMessage::Gossip(_) => "gossip",
+            BroadcastMessage::Ack { .. } => "ack",
+            BroadcastMessage::Igyw { .. } => "igyw",
+            BroadcastMessage::IgywReply { .. } => "igyw_reply",
+            BroadcastMessage::Direct { .. } => "direct",
+        }
+    }
+}
+
+impl From<BroadcastMessage> for Message {
+    fn from(m: BroadcastMessage) -> Self {
+        match m {
+            BroadcastMessage::Gossip(g) => Message::Gossip(g),
+            BroadcastMessage::Ack { id, level_or_range } => Message::Ack { id, level_or_range },
+            BroadcastMessage::Igyw { id, span } => Message::Igyw { id, span },
+            BroadcastMessage::IgywReply { id, want } => Message::IgywReply { id, want },
+            BroadcastMessage::Direct { id, payload } => Message::Direct { id, payload },
+        }
+    }
+}
+
+impl TryFrom<Message> for BroadcastMessage {
+    /// A transport message, given back whole.
+    type Error = Message;
+
+    fn try_from(m: Message) -> Result<Self, Message> {
+        Ok(match m {
+            Message::Gossip(g) => BroadcastMessage::Gossip(g),
+            Message::Ack { id, level_or_range } => BroadcastMessage::Ack { id, level_or_range },
+            Message::Igyw { id, span } => BroadcastMessage::Igyw { id, span },
+            Message::IgywReply { id, want } => BroadcastMessage::IgywReply { id, want },
+            Message::Direct { id, payload } => BroadcastMessage::Direct { id, payload },
+            other => return Err(other),
+        })
+    }
+}
+
 fn id_to_pb(id: &MessageId) -> Option<pb::MessageId> {
     Some(pb::MessageId {
         origin: Bytes::copy_from_slice(&id.origin.0),

@@ -199,6 +199,11 @@ impl Liveness {
         }
     }
 
+    /// Whether `a` is indexed as awaited from `peer`.
+    pub fn is_awaited(&self, peer: &Address, a: &Awaited) -> bool {
+        self.peers.get(peer).is_some_and(|h| h.awaited.contains(a))
+    }
+
     /// Everything still awaited from `peer`, which the transport says is gone.
     pub fn take_awaited(&mut self, peer: &Address) -> Vec<Awaited> {
         self.peers

@@ -1,23 +1,42 @@
 //! Per-message broadcast state (SPEC 2, 4-6) as a pure state machine.
 //!
 //! Inputs are events ([`Engine::broadcast`], [`Engine::handle_message`],
-//! [`Engine::handle_timeout`], [`Engine::set_peers`]); outputs are sends and deliveries
-//! ([`Engine::poll_output`]) and the next deadline ([`Engine::poll_timeout`]).
+//! [`Engine::handle_timeout`], [`Engine::peer_unreachable`], [`Engine::set_peers`]);
+//! outputs are sends and deliveries ([`Engine::poll_output`]) and the next deadline
+//! ([`Engine::poll_timeout`]).
+//!
+//! One file per question:
+//! - `engine`: the public API, node-wide state, and the per-message context inputs run in;
+//! - `receive`: what happens to a copy from a peer, step by step;
+//! - `duty`: the tree duty and delegation, failed parts, redundancy pushes;
+//! - `ledger`: awaited answers (ACKs and offers), their tokens, deadlines and settling;
+//! - `cleanup`: the IGYW chain, windows and probes;
+//! - `budget`: the held/owed/shed byte budget;
+//! - `seen`, `timers`, `liveness`: the seen-set, the timer heap, peer health;
+//! - `invariants`: what must hold between inputs.
 
 mod auth;
+mod budget;
+mod cleanup;
 mod config;
+mod duty;
 mod engine;
 #[cfg(test)]
 mod hostile_tests;
+mod invariants;
+mod ledger;
 mod liveness;
+mod receive;
 mod seen;
 #[cfg(test)]
 mod tests;
+mod timers;
 
 use bytes::Bytes;
 
 pub use config::{Config, ParseEnumError, Redundancy};
 pub use engine::Engine;
+pub use invariants::InvariantViolation;
 
 /// Most heap bytes one remembered message costs a node once its duties are done: entry, map
 /// slot with a hash table's growth slack, order record and expiry timer. Memory bounds
@@ -65,8 +84,31 @@ pub enum Output {
         /// The sender.
         peer: Address,
         /// What it did.
-        reason: &'static str,
+        reason: Misbehaviour,
     },
+}
+
+/// What a peer did that no correct peer does, though the engine could cope with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Misbehaviour {
+    /// A tree copy with a level or range larger than a correct sender could give: cut to
+    /// what it could have given.
+    ImpossibleRange,
+}
+
+impl Misbehaviour {
+    /// A short label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Misbehaviour::ImpossibleRange => "impossible range",
+        }
+    }
+}
+
+impl std::fmt::Display for Misbehaviour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Defines [`Stats`] from one list of counters: the struct, `add` and `FIELDS` cannot

@@ -6,163 +6,130 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::peers::{Address, PeerList};
-use crate::wire::{MessageId, OriginSignature};
+use super::budget::Held;
+use super::cleanup::Cleanup;
+use super::duty::{TreeState, View};
+use super::invariants::InvariantViolation;
+use super::ledger::Ledger;
+use super::timers::TimerKind;
+use crate::peers::Address;
+use crate::wire::{Gossip, Message, MessageId, OriginSignature, Route, Strategy};
 
-/// A tree send waiting for its ACK.
+/// What a message is, fixed when it is first seen: the view it travels on and what its copies
+/// carry besides the payload.
 #[derive(Clone, Debug)]
-pub(crate) struct PendingAck {
-    pub to: Address,
-    /// The receiver's offset in this message's view: the first node of the part it owns.
-    pub offset: usize,
-    pub level_or_range: u32,
-    pub token: u32,
-    /// When it was sent: the ACK's round trip feeds the deadline estimate.
-    pub sent_at: Duration,
-    /// Deadline checks made while no round trip had been measured yet.
-    pub checks: u32,
+pub(super) struct Facts {
+    view: View,
+    /// SHA-256 of the payload delivered: a duplicate never substitutes other bytes.
+    payload_hash: [u8; 32],
+    /// The verified origin signature, forwarded with every copy (the verdict is cached here:
+    /// duplicates are not verified again and their signature bytes are never used).
+    signature: Option<Arc<OriginSignature>>,
+    origin_time_us: u64,
+    /// Hops of the copy that first reached us (0 at the originator).
+    hops: u32,
 }
 
-/// What an IGYW offer is for, which decides what its answer or silence leads to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum OfferKind {
-    /// Liveness probe of a suspected tree target; a WANT gets a leaf copy marked `lor`.
-    Probe { lor: u32 },
-    /// This node's own clean-up chain towards its right (SPEC 6), at view `offset`.
-    Chain,
-    /// Part of a clean-up window this node answers for, at view `offset`.
-    Window,
-}
-
-/// An IGYW offer waiting for its reply.
-#[derive(Clone, Debug)]
-pub(crate) struct Offer {
-    pub to: Address,
-    pub kind: OfferKind,
-    pub offset: usize,
-    pub span: u32,
-    pub token: u32,
-    pub sent_at: Duration,
-}
-
-/// Where this node's IGYW chain for one message stands.
-#[derive(Clone, Debug)]
-pub(crate) struct IgywState {
-    pub started: bool,
-    pub finished: bool,
-    /// Unresponsive neighbours skipped in a row.
-    pub skipped: u32,
-    /// HAVE answers in a row.
-    pub haves: u32,
-    /// The view offset the chain offers to next.
-    pub offset: usize,
-    /// The window the next chain offer hands over: doubles after every WANT, so a long run of
-    /// nodes that missed the message is filled in logarithmic, not linear, time.
-    pub span: u32,
-    /// The largest clean-up window this node has covered (its own view, from itself).
-    pub window: u32,
-}
-
-impl Default for IgywState {
-    fn default() -> Self {
-        IgywState {
-            started: false,
-            finished: false,
-            skipped: 0,
-            haves: 0,
-            offset: 1,
-            span: 1,
-            window: 1,
+impl Facts {
+    /// A message on `view`, as signed (or not) by its origin, first reached in `hops` hops.
+    pub fn new(
+        view: View,
+        payload_hash: [u8; 32],
+        signature: Option<Arc<OriginSignature>>,
+        origin_time_us: u64,
+        hops: u32,
+    ) -> Self {
+        Facts {
+            view,
+            payload_hash,
+            signature,
+            origin_time_us,
+            hops,
         }
+    }
+
+    /// The view this message's tree was split on here.
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+
+    /// SHA-256 of the payload delivered.
+    pub fn payload_hash(&self) -> &[u8; 32] {
+        &self.payload_hash
+    }
+
+    /// The copy this node sends: marked `level_or_range`, on `route`, one hop further.
+    pub fn copy(
+        &self,
+        id: MessageId,
+        payload: Bytes,
+        strategy: Strategy,
+        lor: u32,
+        route: Route,
+    ) -> Message {
+        Message::Gossip(Gossip {
+            id,
+            level_or_range: lor,
+            strategy,
+            route,
+            origin_time_us: self.origin_time_us,
+            hops: self.hops.saturating_add(1),
+            payload,
+            signature: self.signature.clone(),
+        })
     }
 }
 
-/// Everything a node remembers about one message.
+/// Everything a node remembers about one message, one part per concern; each part's fields
+/// are private to the module that owns it.
 #[derive(Clone, Debug)]
 pub(crate) struct Entry {
     /// Insertion number; tells a re-inserted id from an evicted one.
-    pub seq: u64,
+    seq: u64,
     /// When the id was first seen: an evicted id is still remembered until `born + seen_ttl`.
-    pub born: Duration,
-    pub peers: Arc<PeerList>,
-    pub my_pos: usize,
-    /// Kept only while some duty may still send it.
-    pub payload: Bytes,
-    /// False once `payload` was released; a later copy brings it back only if its hash matches.
-    pub holds_payload: bool,
-    /// SHA-256 of the payload delivered: a duplicate never substitutes other bytes.
-    pub payload_hash: [u8; 32],
-    /// The verified origin signature, forwarded with every copy (the verdict is cached here:
-    /// duplicates are not verified again and their signature bytes are never used).
-    pub signature: Option<std::sync::Arc<OriginSignature>>,
-    pub origin_time_us: u64,
-    /// Hops of the copy that first reached us (0 at the originator).
-    pub hops: u32,
-    /// Highest level (reference) or range (exact) whose duty is done.
-    pub done: u32,
-    pub tree_done: bool,
-    pub ring_left: bool,
-    pub ring_right: bool,
-    pub igyw: IgywState,
-    pub acks: Vec<PendingAck>,
-    /// IGYW offers (chain, window, probes) waiting for their replies.
-    pub offers: Vec<Offer>,
-    pub next_token: u32,
-    /// Set when the message arrived while the held-payload budget was full: it is sent once,
-    /// without ACKs or clean-up, so nothing keeps its payload afterwards.
-    pub shed: bool,
+    born: Duration,
     /// The share this id counts against while it is remembered.
-    pub share: Share,
-    /// Bytes this entry counts against `Config::held_bytes` (payload and bookkeeping).
-    pub held_len: usize,
-    /// Peers this message is owed to: they failed while it was sent and get it when heard
-    /// from again, so its payload is kept (until its age limit, never longer).
-    pub owed: u32,
-    /// The latest deadline of any timer of this message: the entry outlives it.
-    pub latest_deadline: Duration,
+    share: Share,
+    pub(super) facts: Facts,
+    pub(super) tree: TreeState,
+    pub(super) cleanup: Cleanup,
+    pub(super) ledger: Ledger,
+    pub(super) held: Held,
 }
 
 impl Entry {
-    /// A fresh entry for a message first seen now.
-    pub fn new(peers: Arc<PeerList>, my_pos: usize, payload: Bytes, origin_time_us: u64) -> Self {
+    /// A fresh entry for a message first seen now, holding `held`.
+    pub fn new(facts: Facts, tree: TreeState, held: Held) -> Self {
         Entry {
             seq: 0,
             born: Duration::ZERO,
-            peers,
-            my_pos,
-            payload,
-            holds_payload: true,
-            payload_hash: [0; 32],
-            signature: None,
-            origin_time_us,
-            hops: 0,
-            done: 0,
-            tree_done: false,
-            ring_left: false,
-            ring_right: false,
-            igyw: IgywState::default(),
-            acks: Vec::new(),
-            offers: Vec::new(),
-            next_token: 0,
-            shed: false,
             share: Share::Unlisted,
-            held_len: 0,
-            owed: 0,
-            latest_deadline: Duration::ZERO,
+            facts,
+            tree,
+            cleanup: Cleanup::default(),
+            ledger: Ledger::default(),
+            held,
         }
     }
 
-    /// A token for a new timer of this message, valid until the timer is resolved.
-    pub fn token(&mut self) -> u32 {
-        self.next_token = self.next_token.wrapping_add(1);
-        self.next_token
+    /// Insertion number, set by the seen-set.
+    pub fn seq(&self) -> u64 {
+        self.seq
     }
 
     /// True while a pending ACK or IGYW step may still need the payload.
     pub fn busy(&self) -> bool {
-        !self.acks.is_empty()
-            || !self.offers.is_empty()
-            || (self.igyw.started && !self.igyw.finished)
+        !self.ledger.is_empty() || self.cleanup.running()
+    }
+
+    /// Whether a timer of `kind` set for this entry still has work.
+    pub fn wants(&self, kind: TimerKind) -> bool {
+        match kind {
+            TimerKind::Ack(token) => self.ledger.awaits_ack(token),
+            TimerKind::IgywWait(token) => self.ledger.awaits_offer(token),
+            TimerKind::IgywStart => self.cleanup.chain_due(&self.ledger),
+            TimerKind::Expire => true,
+        }
     }
 }
 
@@ -263,6 +230,7 @@ impl SeenSet {
         &mut self,
         id: MessageId,
         mut entry: Entry,
+        share: Share,
         now: Duration,
         ttl: Duration,
     ) -> Result<(u64, Option<Entry>), Full> {
@@ -289,6 +257,7 @@ impl SeenSet {
         let seq = self.next_seq;
         entry.seq = seq;
         entry.born = now;
+        entry.share = share;
         *self.shares.entry(entry.share).or_default() += 1;
         // Room for twice the ids held: a table that takes as many removals as inserts and
         // runs fuller fills up with deleted slots and grows once more long after the set
@@ -346,6 +315,28 @@ impl SeenSet {
                 }
             }
         }
+    }
+
+    /// Every entry, in no order.
+    pub fn entries(&self) -> impl Iterator<Item = (&MessageId, &Entry)> {
+        self.map.iter().map(|(id, e)| (id, &**e))
+    }
+
+    /// No id is both an entry and a tombstone, and the shares count every id remembered.
+    pub fn check(&self) -> Result<(), InvariantViolation> {
+        if let Some(id) = self.map.keys().find(|id| self.tombs.contains_key(*id)) {
+            return Err(InvariantViolation(format!(
+                "{id:?} is an entry and a tombstone"
+            )));
+        }
+        let shared: u64 = self.shares.values().map(|&n| u64::from(n)).sum();
+        let ids = (self.map.len() + self.tombs.len()) as u64;
+        if shared != ids {
+            return Err(InvariantViolation(format!(
+                "shares count {shared} ids of {ids}"
+            )));
+        }
+        Ok(())
     }
 
     /// Forgets `id` (its age limit passed) and returns its entry.

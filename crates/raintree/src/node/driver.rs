@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
-use raintree_proto::broadcast::{Engine, EngineError, Stats};
+use raintree_proto::broadcast::{Engine, EngineError, Misbehaviour, Stats};
 use raintree_proto::drive::{self, Input, Sink};
 use raintree_proto::wire::{Message, MessageId};
 use raintree_proto::Address;
@@ -176,13 +176,10 @@ impl Sink for Outputs<'_> {
         self.transport.write(to, message);
     }
 
-    fn misbehaved(&mut self, peer: Address, reason: &'static str) {
-        tracing::debug!(%peer, reason, "peer misbehaved");
-        // The engine's only report today is a cut range; anything else scores as a refusal.
-        let o = if reason.contains("range") {
-            Offence::RangeCut
-        } else {
-            Offence::Refused
+    fn misbehaved(&mut self, peer: Address, reason: Misbehaviour) {
+        tracing::debug!(%peer, %reason, "peer misbehaved");
+        let o = match reason {
+            Misbehaviour::ImpossibleRange => Offence::RangeCut,
         };
         self.transport.penalise(peer, o);
     }
