@@ -122,8 +122,8 @@ fn one(nodes: usize, strategy: Strategy, dead_percent: f64) -> Result<Row, Strin
         live: r.live,
         covered: r.covered,
         sends: r.sends,
-        acks: r.acks,
-        resends: r.resends,
+        acks: r.engine.acks_sent,
+        resends: r.engine.resends,
         max_hops: r.max_hops,
         time_to_full_ms: r.time_to_full_ms,
     })

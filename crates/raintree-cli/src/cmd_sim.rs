@@ -233,10 +233,10 @@ fn print_text(r: &Report) {
         r.covered,
         r.live,
         percent(r.covered, r.live),
-        if r.broadcasts > 1 {
+        if r.engine.broadcasts > 1 {
             format!(
                 ", worst of {} broadcasts (mean {:.1})",
-                r.broadcasts, r.covered_mean
+                r.engine.broadcasts, r.covered_mean
             )
         } else {
             String::new()
@@ -244,15 +244,20 @@ fn print_text(r: &Report) {
     );
     println!(
         "sends {}  acks {}  resends {}  igyw {}  redundancy {}  cleanup {}",
-        r.sends, r.acks, r.resends, r.igyw, r.redundancy_sends, r.cleanup_sends
+        r.sends,
+        r.engine.acks_sent,
+        r.engine.resends,
+        r.engine.igyw_sent,
+        r.engine.redundancy_sends,
+        r.engine.cleanup_sends
     );
     println!(
         "ack timeouts {}  give-ups {}  duplicates {}  max hops {}  rmr {:.3}",
-        r.ack_timeouts, r.give_ups, r.duplicates, r.max_hops, r.rmr
+        r.engine.ack_timeouts, r.engine.give_ups, r.engine.duplicates, r.max_hops, r.rmr
     );
     println!(
         "unreachable signals {}  skips {}  probes {}  re-splits {}",
-        r.unreachable, r.skips, r.probes, r.resplits
+        r.engine.unreachable, r.engine.skips, r.engine.probes, r.engine.resplits
     );
     if c.hostile_percent > 0.0 {
         println!(

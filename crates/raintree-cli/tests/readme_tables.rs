@@ -79,7 +79,7 @@ fn cleanup_table_matches_the_simulator() {
                 grouped(int(&r, "sends")),
                 grouped(int(&r, "resends")),
                 r["rmr"].as_f64().unwrap(),
-                grouped(int(&r, "igyw")),
+                grouped(int(&r, "igyw_sent")),
             ));
         }
     }
@@ -131,7 +131,7 @@ fn hostile_table_matches_the_simulator() {
         rows.push(format!(
             "| {kind} | {covered} of {honest} | {sends} | {:.2} | {} | {} |{target} |",
             sends as f64 / (n - 1) as f64,
-            int(&r, "igyw"),
+            int(&r, "igyw_sent"),
             int(&r, "forged_deliveries"),
         ));
         // The targets themselves, so a drift that breaks one fails loudly, not as a diff.

@@ -45,9 +45,9 @@ fn sim_reproduces_the_spec_table_for_12_nodes() {
         "live",
         "covered",
         "sends",
-        "acks",
+        "acks_sent",
         "resends",
-        "igyw",
+        "igyw_sent",
         "max_hops",
         "rmr",
         "time_to_full_ms",
@@ -56,7 +56,7 @@ fn sim_reproduces_the_spec_table_for_12_nodes() {
     }
     assert_eq!(r["nodes"], 12);
     assert_eq!(r["covered"], 12);
-    assert_eq!(r["acks"], 0);
+    assert_eq!(r["acks_sent"], 0);
 }
 
 #[test]

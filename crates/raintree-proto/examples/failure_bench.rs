@@ -79,7 +79,7 @@ fn main() {
                     t[0],
                     later,
                     base_max,
-                    r.ack_timeouts,
+                    r.engine.ack_timeouts,
                     if met { "met" } else { "MISSED" }
                 );
             }

@@ -70,9 +70,10 @@ fn main() {
     }
 }
 
-/// One JSON object: LocalNet's report keys plus `shutdown_lost_acked` and the setting.
+/// One JSON object: LocalNet's report keys (every engine counter among them) plus
+/// `shutdown_lost_acked` and the settings.
 pub fn to_json(cfg: &WanConfig, r: &Report) -> serde_json::Value {
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "scenario": cfg.scenario.name(),
         "nodes": r.nodes,
         "messages": r.messages,
@@ -88,16 +89,22 @@ pub fn to_json(cfg: &WanConfig, r: &Report) -> serde_json::Value {
         "min_message_coverage": r.min_message_coverage,
         "complete_messages": r.complete_messages,
         "latency_ms": { "p50": r.latency_ms.p50, "p99": r.latency_ms.p99, "max": r.latency_ms.max },
-        "deliveries": r.deliveries,
         "copies_per_delivery": r.copies_per_delivery,
-        "resends": r.resends,
-        "ack_timeouts": r.ack_timeouts,
-        "give_ups": r.give_ups,
-        "unreachable": r.unreachable,
-        "probes": r.probes,
         "shutdown_lost_acked": r.shutdown_lost_acked,
         "sim_ms": r.sim_ms,
-    })
+    });
+    let serde_json::Value::Object(engine) = serde_json::to_value(&r.engine).expect("counters")
+    else {
+        unreachable!("Stats serialises as an object")
+    };
+    for (k, x) in engine {
+        assert!(
+            v.get(&k).is_none(),
+            "engine counter `{k}` would hide a report key"
+        );
+        v[k] = x;
+    }
+    v
 }
 
 fn print_text(cfg: &WanConfig, r: &Report) {
@@ -120,7 +127,12 @@ fn print_text(cfg: &WanConfig, r: &Report) {
     );
     println!(
         "  copies per delivery {:.3}; resends {}, ack timeouts {}, give-ups {}, unreachable {}, probes {}",
-        r.copies_per_delivery, r.resends, r.ack_timeouts, r.give_ups, r.unreachable, r.probes
+        r.copies_per_delivery,
+        r.engine.resends,
+        r.engine.ack_timeouts,
+        r.engine.give_ups,
+        r.engine.unreachable,
+        r.engine.probes
     );
     println!(
         "  ACKed but lost at graceful shutdown {}",

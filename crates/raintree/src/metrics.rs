@@ -6,118 +6,11 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use raintree_proto::broadcast::Stats;
 
-/// A counter's metric name, help text, and where its value sits in [`Stats`].
-type CounterRow = (&'static str, &'static str, fn(&Stats) -> u64);
-
-/// Every engine counter exported: its metric name, help text, and where its value sits in
-/// [`Stats`]. The one list of them here, so registering and syncing can never disagree.
-const COUNTERS: [CounterRow; 23] = [
-    ("broadcasts", "Broadcasts originated by this node", |s| {
-        s.broadcasts
-    }),
-    (
-        "deliveries",
-        "Messages delivered to the application (once per id)",
-        |s| s.deliveries,
-    ),
-    (
-        "duplicates",
-        "Payload copies received for an already delivered id",
-        |s| s.duplicates,
-    ),
-    (
-        "gossip_sent",
-        "Payload-bearing gossip messages sent (all routes)",
-        |s| s.gossip_sent,
-    ),
-    ("acks_sent", "ACKs sent for tree copies", |s| s.acks_sent),
-    ("acks_received", "ACKs received for our tree sends", |s| {
-        s.acks_received
-    }),
-    (
-        "ack_timeouts",
-        "Tree sends whose ACK did not arrive in time",
-        |s| s.ack_timeouts,
-    ),
-    (
-        "resends",
-        "Replacement sends after a failed tree send",
-        |s| s.resends,
-    ),
-    (
-        "give_ups",
-        "Failed tree sends with no live node left to take their part",
-        |s| s.give_ups,
-    ),
-    (
-        "redundancy_sends",
-        "Level-0 redundancy pushes to ring neighbours",
-        |s| s.redundancy_sends,
-    ),
-    ("igyw_sends", "I-got-you-want offers sent", |s| s.igyw_sent),
-    ("cleanup_sends", "Full messages sent after a WANT", |s| {
-        s.cleanup_sends
-    }),
-    (
-        "rejected_messages",
-        "Received messages the protocol refused",
-        |s| s.rejected,
-    ),
-    (
-        "peer_unreachable",
-        "Transport reports of a peer that cannot be reached",
-        |s| s.unreachable,
-    ),
-    (
-        "suspicions",
-        "Peers newly suspected after an ACK timeout or an unreachable report",
-        |s| s.suspicions,
-    ),
-    (
-        "skips",
-        "Tree sends passed over because the target was suspected",
-        |s| s.skips,
-    ),
-    ("probes", "IGYW probes sent to suspected peers", |s| {
-        s.probes
-    }),
-    (
-        "resplits",
-        "Failed parts of the exact tree re-split among their remaining nodes",
-        |s| s.resplits,
-    ),
-    (
-        "repaid",
-        "Messages offered again to a peer that failed to take them, once it was heard from",
-        |s| s.repaid,
-    ),
-    (
-        "forged_messages",
-        "Copies dropped as forged (bad origin signature, substituted payload, spoofed direct)",
-        |s| s.forged,
-    ),
-    (
-        "impossible_ranges",
-        "Tree copies refused: a level or range no correct sender could send",
-        |s| s.impossible,
-    ),
-    (
-        "shed_messages",
-        "Messages received while held payloads filled their budget: sent once, untracked",
-        |s| s.shed,
-    ),
-    (
-        "flood_refusals",
-        "New ids refused because their origin held its whole share of the seen-set",
-        |s| s.flood,
-    ),
-];
-
 /// Counters mirrored from the protocol engine's [`Stats`], plus a latency histogram.
 #[derive(Clone)]
 pub struct NodeMetrics {
-    /// One per row of [`COUNTERS`], in its order.
-    counters: [Counter; COUNTERS.len()],
+    /// One per entry of [`Stats::FIELDS`], in its order.
+    counters: [Counter; Stats::FIELDS.len()],
     peers: Gauge,
     latency: Histogram,
 }
@@ -139,11 +32,12 @@ impl NodeMetrics {
         }
     }
 
-    /// Registers every metric under the `raintree_` prefix.
+    /// Registers every metric under the `raintree_` prefix: engine counter `x` as
+    /// `raintree_x_total`, its doc comment as help.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("raintree");
-        for ((name, help, _), c) in COUNTERS.iter().zip(&self.counters) {
-            r.register(*name, *help, c.clone());
+        for (f, c) in Stats::FIELDS.iter().zip(&self.counters) {
+            r.register(f.name(), f.help(), c.clone());
         }
         r.register(
             "peers",
@@ -160,8 +54,9 @@ impl NodeMetrics {
 
     /// Adds what the engine counted since `last` and remembers `now` as the new baseline.
     pub(crate) fn sync(&self, last: &mut Stats, now: &Stats) {
-        for ((_, _, field), c) in COUNTERS.iter().zip(&self.counters) {
-            c.inc_by(field(now).saturating_sub(field(last)));
+        let new = now.since(last);
+        for (f, c) in Stats::FIELDS.iter().zip(&self.counters) {
+            c.inc_by(f.get(&new));
         }
         *last = now.clone();
     }
@@ -180,17 +75,35 @@ impl NodeMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus_client::encoding::text::encode;
 
-    /// Engine counters deliberately not exported (internal detail or covered by another).
-    const NOT_EXPORTED: [&str; 4] = ["igyw_want", "igyw_have", "evicted", "seen_full"];
-
+    /// Every engine counter is exported once, as a counter, with what the engine counted: the
+    /// `# TYPE` line catches a counter whose name another metric already took.
     #[test]
-    fn every_engine_counter_is_exported_once_or_listed_as_internal() {
-        for (name, _) in Stats::FIELDS {
-            let one: Stats = serde_json::from_str(&format!("{{\"{name}\": 1}}")).unwrap();
-            let exported = COUNTERS.iter().filter(|(_, _, get)| get(&one) == 1).count();
-            let expected = usize::from(!NOT_EXPORTED.contains(name));
-            assert_eq!(exported, expected, "engine counter `{name}`");
+    fn every_engine_counter_has_its_own_metric() {
+        let m = NodeMetrics::new();
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        for f in Stats::FIELDS {
+            let only: Stats = serde_json::from_str(&format!("{{\"{}\": 7}}", f.name())).unwrap();
+            m.sync(&mut Stats::default(), &only);
+        }
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        for f in Stats::FIELDS {
+            let name = format!("raintree_{}", f.name());
+            let types: Vec<_> = text
+                .lines()
+                .filter(|l| {
+                    l.strip_prefix("# TYPE ").and_then(|t| t.split(' ').next()) == Some(&name)
+                })
+                .collect();
+            assert_eq!(types, [format!("# TYPE {name} counter")], "{text}");
+            assert!(
+                text.lines().any(|l| l == format!("{name}_total 7")),
+                "`{}` not exported with its value: {text}",
+                f.name()
+            );
         }
     }
 }

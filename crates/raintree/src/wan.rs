@@ -200,20 +200,10 @@ pub struct Report {
     pub complete_messages: usize,
     /// Time to full coverage, over the complete messages (simulated time).
     pub latency_ms: Latency,
-    /// Deliveries counted by the engines.
-    pub deliveries: u64,
     /// Payload copies received per delivery (1.0 = no duplicate).
     pub copies_per_delivery: f64,
-    /// Replacement sends after failed tree sends.
-    pub resends: u64,
-    /// ACK timeouts.
-    pub ack_timeouts: u64,
-    /// Tree parts abandoned.
-    pub give_ups: u64,
-    /// Transport reports of unreachable peers.
-    pub unreachable: u64,
-    /// IGYW probes to suspected peers.
-    pub probes: u64,
+    /// The engines' counters summed over every node and incarnation.
+    pub engine: Stats,
     /// Messages an engine ACKed whose delivery the application never got, although the node
     /// shut down gracefully (crashes excluded).
     pub shutdown_lost_acked: u64,
@@ -555,18 +545,13 @@ fn measure(plan: &Plan, log: &Log, sim_end: Duration) -> Report {
             p99: round(percentile(&lat, 99.0)),
             max: round(lat.last().copied().unwrap_or(0.0)),
         },
-        deliveries: total.deliveries,
         copies_per_delivery: if total.deliveries == 0 {
             0.0
         } else {
             ((total.deliveries + total.duplicates) as f64 / total.deliveries as f64 * 1e3).round()
                 / 1e3
         },
-        resends: total.resends,
-        ack_timeouts: total.ack_timeouts,
-        give_ups: total.give_ups,
-        unreachable: total.unreachable,
-        probes: total.probes,
+        engine: total,
         shutdown_lost_acked: lost,
         sim_ms: sim_end.saturating_sub(WARMUP).as_millis() as u64,
     }

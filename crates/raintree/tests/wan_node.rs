@@ -256,7 +256,7 @@ fn a_partition_heals_and_every_message_gets_through() {
     let r = wan::run(&cfg).expect("run");
     assert_eq!(r.messages, 24);
     // Messages broadcast while the halves were apart failed their ACKs...
-    assert!(r.ack_timeouts > 0, "the partition was felt: {r:?}");
+    assert!(r.engine.ack_timeouts > 0, "the partition was felt: {r:?}");
     // ...yet every one reached every node once the links healed.
     assert_eq!(r.complete_messages, 24, "{r:?}");
     assert_eq!(r.coverage, 1.0);

@@ -82,10 +82,10 @@ fn every_scenario_reaches_every_expected_node_and_loses_nothing_at_shutdown() {
         assert_eq!(r.shutdown_lost_acked, 0, "{scenario:?}: {r:?}");
         if scenario == Scenario::Steady {
             assert_eq!(r.copies_per_delivery, 1.0, "exact tree, no loss: {r:?}");
-            assert_eq!(r.resends, 0, "{r:?}");
+            assert_eq!(r.engine.resends, 0, "{r:?}");
         }
         if scenario == Scenario::Crash {
-            assert!(r.unreachable > 0, "the crash was felt: {r:?}");
+            assert!(r.engine.unreachable > 0, "the crash was felt: {r:?}");
         }
     }
 }

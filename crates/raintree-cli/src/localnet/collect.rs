@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use raintree_proto::broadcast::Stats;
 use serde::Deserialize;
 
 use super::fleet::Fleet;
@@ -12,65 +13,11 @@ use crate::admin::{DeliveryRecord, TransportTotals};
 /// A broadcast's id: originator address (hex) and nonce.
 pub type MsgKey = (String, u64);
 
-/// The engine counters the report uses, as `/stats` serialises them.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(default)]
-pub struct EngineCounters {
-    /// Payloads handed to the application.
-    pub deliveries: u64,
-    /// Copies of already delivered messages.
-    pub duplicates: u64,
-    /// Payload-bearing gossip sent.
-    pub gossip_sent: u64,
-    /// ACK deadlines missed.
-    pub ack_timeouts: u64,
-    /// Replacement sends after ACK timeouts.
-    pub resends: u64,
-    /// Targets abandoned after the last retry.
-    pub give_ups: u64,
-    /// Redundancy pushes.
-    pub redundancy_sends: u64,
-    /// IGYW offers.
-    pub igyw_sent: u64,
-    /// Full messages sent after a WANT.
-    pub cleanup_sends: u64,
-}
-
-impl EngineCounters {
-    /// `self - base`, field by field.
-    pub fn minus(&self, base: &Self) -> Self {
-        Self {
-            deliveries: self.deliveries.saturating_sub(base.deliveries),
-            duplicates: self.duplicates.saturating_sub(base.duplicates),
-            gossip_sent: self.gossip_sent.saturating_sub(base.gossip_sent),
-            ack_timeouts: self.ack_timeouts.saturating_sub(base.ack_timeouts),
-            resends: self.resends.saturating_sub(base.resends),
-            give_ups: self.give_ups.saturating_sub(base.give_ups),
-            redundancy_sends: self.redundancy_sends.saturating_sub(base.redundancy_sends),
-            igyw_sent: self.igyw_sent.saturating_sub(base.igyw_sent),
-            cleanup_sends: self.cleanup_sends.saturating_sub(base.cleanup_sends),
-        }
-    }
-
-    /// Adds every field of `o`.
-    pub fn add(&mut self, o: &Self) {
-        self.deliveries += o.deliveries;
-        self.duplicates += o.duplicates;
-        self.gossip_sent += o.gossip_sent;
-        self.ack_timeouts += o.ack_timeouts;
-        self.resends += o.resends;
-        self.give_ups += o.give_ups;
-        self.redundancy_sends += o.redundancy_sends;
-        self.igyw_sent += o.igyw_sent;
-        self.cleanup_sends += o.cleanup_sends;
-    }
-}
-
 /// One node's `/stats` answer.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 pub struct NodeStats {
     /// Engine counters.
-    pub engine: EngineCounters,
+    pub engine: Stats,
     /// Transport totals.
     pub transport: TransportTotals,
     /// The `seq` of the node's newest delivery record.
@@ -84,7 +31,7 @@ impl NodeStats {
         let t = &self.transport;
         let b = &base.transport;
         Self {
-            engine: self.engine.minus(&base.engine),
+            engine: self.engine.since(&base.engine),
             transport: TransportTotals {
                 bytes_sent: t.bytes_sent.saturating_sub(b.bytes_sent),
                 bytes_received: t.bytes_received.saturating_sub(b.bytes_received),

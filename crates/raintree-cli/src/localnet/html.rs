@@ -284,7 +284,7 @@ fn per_node_chart(area: &Area, run: &RunData, what: NodeFigure) -> Result<(), St
         .per_node
         .iter()
         .map(|s| {
-            s.map_or(0.0, |s| match what {
+            s.as_ref().map_or(0.0, |s| match what {
                 NodeFigure::Copies => (s.engine.deliveries + s.engine.duplicates) as f64,
                 NodeFigure::Bytes => s.transport.bytes_sent as f64 / 1024.0,
             })

@@ -317,8 +317,8 @@ async fn drive(args: &LocalnetArgs, fleet: &mut Fleet) -> Result<Outcome, String
     let mut per_node: Vec<Option<NodeStats>> = vec![None; n];
     let mut live_totals = PromCheck::default();
     for &i in &live {
-        if let (Some(e), Some(b)) = (end[i], baseline[i]) {
-            let d = e.minus(&b);
+        if let (Some(e), Some(b)) = (&end[i], &baseline[i]) {
+            let d = e.minus(b);
             live_totals.deliveries += d.engine.deliveries;
             live_totals.bytes_sent += d.transport.bytes_sent;
             live_totals.resends += d.engine.resends;
@@ -340,10 +340,10 @@ async fn drive(args: &LocalnetArgs, fleet: &mut Fleet) -> Result<Outcome, String
         None => None,
     };
     if let Some(k) = &killed {
-        for &(i, stats, cpu) in &k.last {
+        for (i, stats, cpu) in &k.last {
             cpu_ms += cpu.unwrap_or(0.0);
-            if let (Some(e), Some(b)) = (stats, baseline[i]) {
-                per_node[i] = Some(e.minus(&b));
+            if let (Some(e), Some(b)) = (stats, &baseline[*i]) {
+                per_node[*i] = Some(e.minus(b));
             }
         }
     }
@@ -548,16 +548,13 @@ async fn wait_delivered(
 ) {
     let mut waits = tokio::task::JoinSet::new();
     for &i in nodes {
-        let (Some(addr), Some(base)) = (fleet.members[i].admin, baseline[i]) else {
+        let (Some(addr), Some(base)) = (fleet.members[i].admin, &baseline[i]) else {
             continue;
         };
         let expected = sent.values().filter(|s| s.origin != i).count() as u64;
+        let seq = base.last_seq + expected;
         let admin = admin.clone();
-        waits.spawn(async move {
-            admin
-                .wait_seq(addr, base.last_seq + expected, Duration::from_secs(wait_s))
-                .await
-        });
+        waits.spawn(async move { admin.wait_seq(addr, seq, Duration::from_secs(wait_s)).await });
     }
     while waits.join_next().await.is_some() {}
 }

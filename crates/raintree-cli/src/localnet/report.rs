@@ -6,7 +6,9 @@ use raintree_proto::broadcast::Redundancy;
 use raintree_proto::wire::Strategy;
 use serde::Serialize;
 
-use super::collect::{Deliveries, EngineCounters, MsgKey, NodeStats};
+use raintree_proto::broadcast::Stats;
+
+use super::collect::{Deliveries, MsgKey, NodeStats};
 use super::fleet::FailedNode;
 use super::prometheus::PromCheck;
 
@@ -171,8 +173,6 @@ pub struct Report {
     pub throughput_msgs_per_s: f64,
     /// User + system CPU of every node process over the broadcast phase, per broadcast.
     pub cpu_ms_per_broadcast: f64,
-    /// Deliveries counted by the nodes' engines over the broadcast phase.
-    pub deliveries: u64,
     /// Payload copies received per delivery (1.0 = no duplicate).
     pub copies_per_delivery: f64,
     /// Transport bytes sent by all nodes (frames before encryption), per broadcast.
@@ -182,18 +182,10 @@ pub struct Report {
     pub loopback_bytes_per_broadcast: Option<f64>,
     /// `loopback_bytes_per_broadcast / bytes_per_broadcast`.
     pub loopback_ratio: Option<f64>,
-    /// Replacement sends after ACK timeouts.
-    pub resends: u64,
-    /// ACK timeouts.
-    pub ack_timeouts: u64,
-    /// Tree targets abandoned after the last retry.
-    pub give_ups: u64,
-    /// Redundancy pushes.
-    pub redundancy_sends: u64,
-    /// IGYW offers.
-    pub igyw_sends: u64,
-    /// Full messages sent after a WANT.
-    pub cleanup_sends: u64,
+    /// The engines' counters over the broadcast phase, summed over every node; in JSON their
+    /// keys sit beside the others.
+    #[serde(flatten)]
+    pub engine: Stats,
     /// Messages the transports dropped before the wire.
     pub queue_drops: u64,
     /// Prometheus's view of the same run, when `--prometheus` was given.
@@ -248,11 +240,7 @@ impl Report {
             }
         };
         let totals = run.totals();
-        let EngineCounters {
-            deliveries,
-            duplicates,
-            ..
-        } = totals.engine;
+        let (deliveries, duplicates) = (totals.engine.deliveries, totals.engine.duplicates);
         let bytes = per_broadcast(totals.transport.bytes_sent as f64);
         let loopback = run.loopback_bytes.map(|b| per_broadcast(b as f64));
         let span_s = last_full_us.saturating_sub(first_origin_us) as f64 / 1e6;
@@ -287,7 +275,6 @@ impl Report {
                 0.0
             },
             cpu_ms_per_broadcast: per_broadcast(run.cpu_ms),
-            deliveries,
             copies_per_delivery: if deliveries > 0 {
                 (deliveries + duplicates) as f64 / deliveries as f64
             } else {
@@ -296,12 +283,7 @@ impl Report {
             bytes_per_broadcast: bytes,
             loopback_bytes_per_broadcast: loopback,
             loopback_ratio: loopback.filter(|_| bytes > 0.0).map(|l| l / bytes),
-            resends: totals.engine.resends,
-            ack_timeouts: totals.engine.ack_timeouts,
-            give_ups: totals.engine.give_ups,
-            redundancy_sends: totals.engine.redundancy_sends,
-            igyw_sends: totals.engine.igyw_sent,
-            cleanup_sends: totals.engine.cleanup_sends,
+            engine: totals.engine,
             queue_drops: totals.transport.queue_drops,
             prometheus: None,
             failed_nodes: run.failed.clone(),
@@ -358,7 +340,12 @@ impl Report {
         }
         println!(
             "  resends {}, ack timeouts {}, give-ups {}, redundancy sends {}, igyw offers {}, queue drops {}",
-            r.resends, r.ack_timeouts, r.give_ups, r.redundancy_sends, r.igyw_sends, r.queue_drops
+            r.engine.resends,
+            r.engine.ack_timeouts,
+            r.engine.give_ups,
+            r.engine.redundancy_sends,
+            r.engine.igyw_sent,
+            r.queue_drops
         );
         if let Some(p) = &r.prometheus {
             println!(
@@ -476,5 +463,38 @@ mod tests {
         // One complete message over 300 µs from origination to its last delivery.
         assert!((r.throughput_msgs_per_s - 1.0 / 0.0003).abs() < 1e-6);
         assert_eq!(r.cpu_ms_per_broadcast, 5.0);
+    }
+
+    #[test]
+    fn json_has_every_engine_counter_once_beside_the_figures() {
+        let mut node = NodeStats::default();
+        node.engine.deliveries = 3;
+        node.engine.igyw_sent = 2;
+        let run = RunData {
+            nodes: 1,
+            live: vec![0],
+            killed_before: vec![],
+            killed_during: vec![],
+            sent: HashMap::new(),
+            deliveries: Deliveries::new(1),
+            per_node: vec![Some(node)],
+            cpu_ms: 0.0,
+            loopback_bytes: None,
+            killed_at_us: None,
+            failed: vec![],
+            rss: vec![],
+        };
+        let json = serde_json::to_string(&Report::new(&run, &settings(), 1.0)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        // A key written twice (a counter named like a figure) parses as one, so it re-encodes
+        // shorter.
+        assert_eq!(v.to_string().len(), json.len(), "{json}");
+        for f in Stats::FIELDS {
+            assert!(v[f.name()].is_u64(), "{} in {json}", f.name());
+        }
+        assert_eq!(
+            (v["deliveries"].as_u64(), v["igyw_sent"].as_u64()),
+            (Some(3), Some(2))
+        );
     }
 }

@@ -28,6 +28,7 @@ mod ledger;
 mod liveness;
 mod receive;
 mod seen;
+mod stats;
 #[cfg(test)]
 mod tests;
 mod timers;
@@ -37,6 +38,7 @@ use bytes::Bytes;
 pub use config::{Config, ParseEnumError, Redundancy};
 pub use engine::Engine;
 pub use invariants::InvariantViolation;
+pub use stats::{Stats, StatsField};
 
 /// Most heap bytes one remembered message costs a node once its duties are done: entry, map
 /// slot with a hash table's growth slack, order record and expiry timer. Memory bounds
@@ -109,91 +111,6 @@ impl std::fmt::Display for Misbehaviour {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
-}
-
-/// Defines [`Stats`] from one list of counters: the struct, `add` and `FIELDS` cannot
-/// disagree, and a new counter is written once.
-macro_rules! engine_stats {
-    ($($(#[doc = $doc:expr])+ $name:ident,)+) => {
-        /// Counters of everything the engine did, for metrics and the simulator.
-        #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-        #[serde(default)]
-        pub struct Stats {
-            $($(#[doc = $doc])+ pub $name: u64,)+
-        }
-
-        impl Stats {
-            /// Every counter's name and value accessor, in declaration order.
-            pub const FIELDS: &'static [(&'static str, fn(&Stats) -> u64)] =
-                &[$((stringify!($name), |s: &Stats| s.$name),)+];
-
-            /// Adds every counter of `other` to this one.
-            pub fn add(&mut self, o: &Stats) {
-                $(self.$name += o.$name;)+
-            }
-        }
-    };
-}
-
-engine_stats! {
-    /// Broadcasts originated here.
-    broadcasts,
-    /// Payloads handed to the application.
-    deliveries,
-    /// Copies of already known messages received.
-    duplicates,
-    /// Gossip messages sent (tree, resend, ring and clean-up).
-    gossip_sent,
-    /// ACKs sent.
-    acks_sent,
-    /// ACKs received that matched a pending send.
-    acks_received,
-    /// Tree sends whose ACK did not come in time.
-    ack_timeouts,
-    /// Replacement sends after a failed tree send (ACK timeout or unreachable peer).
-    resends,
-    /// Failed tree sends with no node left to take their part.
-    give_ups,
-    /// Redundancy-layer ring pushes sent.
-    redundancy_sends,
-    /// IGYW offers sent.
-    igyw_sent,
-    /// WANT replies received to our offers.
-    igyw_want,
-    /// HAVE replies received to our offers.
-    igyw_have,
-    /// Full messages sent after a WANT.
-    cleanup_sends,
-    /// Messages refused (wrong strategy, oversized, unexpected kind).
-    rejected,
-    /// Seen-set entries dropped for capacity before their age limit.
-    evicted,
-    /// Transport reports of a peer that cannot be reached.
-    unreachable,
-    /// Peers newly suspected after a failure (SPEC 4).
-    suspicions,
-    /// Tree sends passed over because their target was suspected.
-    skips,
-    /// IGYW probes sent to suspected peers.
-    probes,
-    /// Failed parts of the exact tree re-split among their remaining nodes.
-    resplits,
-    /// Messages offered again to a peer that failed to take them, once it was heard from.
-    repaid,
-    /// Copies dropped as forged: a broadcast whose signature does not verify, a duplicate
-    /// whose payload is not the one delivered, a direct message in another node's name.
-    forged,
-    /// Tree copies refused because no correct sender could give them their level or range.
-    impossible,
-    /// New ids refused because the seen-set and its tombstones were full of ids within
-    /// their age limit.
-    seen_full,
-    /// New ids refused because their origin held its whole share of a seen-set under
-    /// pressure (`Config::origin_share`).
-    flood,
-    /// Messages from peers that arrived while `held_bytes` was full: delivered and
-    /// forwarded once, without ACKs or clean-up.
-    shed,
 }
 
 /// Why the engine refused an input.

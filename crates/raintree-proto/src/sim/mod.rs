@@ -7,7 +7,8 @@
 //! Several broadcasts (`broadcasts > 1`) run from the same originator: one after another, each
 //! starting when the previous one's events (including every timer) are exhausted, or, with an
 //! `interval`, every `interval` of simulated time whatever is still in flight. Counters (`sends`,
-//! `acks`, `resends`, `igyw`, per-node reads/writes) are totals over all broadcasts; `covered`
+//! the engines' [`Stats`] such as `broadcasts`, `acks_sent`, `resends`, `igyw_sent`, per-node
+//! reads/writes) are totals over all broadcasts; `covered`
 //! is the worst broadcast's coverage and `covered_mean` the mean; `max_hops` and
 //! `time_to_full_ms` are the worst over broadcasts (`time_to_full_ms` is null if any broadcast
 //! never reached every stable node); `rmr` is total copies received over total deliveries,
@@ -219,44 +220,22 @@ pub struct Report {
     pub forged_deliveries: u64,
     /// Payload-bearing messages sent.
     pub sends: u64,
-    /// ACKs sent.
-    pub acks: u64,
-    /// Replacement sends after ACK timeouts.
-    pub resends: u64,
-    /// IGYW offers sent.
-    pub igyw: u64,
+    /// Every engine's counters summed, crashed incarnations included (`broadcasts` is the
+    /// broadcasts run); in JSON their keys sit beside the others.
+    #[serde(flatten)]
+    pub engine: Stats,
     /// Most hops of any delivery.
     pub max_hops: u32,
     /// Copies received per delivery, minus one.
     pub rmr: f64,
     /// Simulated milliseconds until every live node had the message; null if never.
     pub time_to_full_ms: Option<f64>,
-    /// Broadcasts run.
-    pub broadcasts: u32,
     /// Mean coverage over broadcasts.
     pub covered_mean: f64,
     /// Dead nodes.
     pub dead: usize,
-    /// ACK deadlines missed.
-    pub ack_timeouts: u64,
-    /// Failed sends with no replacement left.
-    pub give_ups: u64,
-    /// Redundancy ring pushes.
-    pub redundancy_sends: u64,
-    /// Full messages sent after a WANT.
-    pub cleanup_sends: u64,
-    /// Copies of known messages received.
-    pub duplicates: u64,
     /// The settings used.
     pub config: ReportConfig,
-    /// Transport failure signals fed to engines.
-    pub unreachable: u64,
-    /// Tree sends passed over because their target was suspected.
-    pub skips: u64,
-    /// Probes sent to suspected peers.
-    pub probes: u64,
-    /// Failed exact parts re-split among their remaining nodes.
-    pub resplits: u64,
     /// Each broadcast's own figures, in order.
     pub per_broadcast: Vec<BroadcastReport>,
     /// Reads and writes per sorted position, when asked for.
@@ -923,20 +902,12 @@ impl<'a> Sim<'a> {
             honest_covered,
             forged_deliveries: self.forged_deliveries,
             sends: s.gossip_sent - self.withheld + self.injected_gossip(),
-            acks: s.acks_sent,
-            resends: s.resends,
-            igyw: s.igyw_sent,
+            engine: s,
             max_hops: self.max_hops,
             rmr,
             time_to_full_ms,
-            broadcasts: b,
             covered_mean: covered_sum as f64 / f64::from(b),
             dead: c.nodes - live,
-            ack_timeouts: s.ack_timeouts,
-            give_ups: s.give_ups,
-            redundancy_sends: s.redundancy_sends,
-            cleanup_sends: s.cleanup_sends,
-            duplicates: s.duplicates,
             config: ReportConfig {
                 strategy: c.protocol.strategy,
                 acks: c.protocol.acks,
@@ -958,10 +929,6 @@ impl<'a> Sim<'a> {
                 hostile_percent: c.hostile_percent,
                 hostile: c.hostile,
             },
-            unreachable: s.unreachable,
-            skips: s.skips,
-            probes: s.probes,
-            resplits: s.resplits,
             per_broadcast,
             per_node: c.per_node.then(|| {
                 (0..c.nodes)
