@@ -38,39 +38,29 @@ pub fn message_kind_index(msg: &Message) -> usize {
     }
 }
 
-/// A `kind` label.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
-    /// The message kind.
-    pub kind: &'static str,
+/// Declares label sets of one label each: a struct whose one field names the label.
+macro_rules! label_sets {
+    ($($(#[$doc:meta])* $name:ident { $field:ident: $field_doc:literal })*) => {$(
+        $(#[$doc])*
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        pub struct $name {
+            #[doc = $field_doc]
+            pub $field: &'static str,
+        }
+    )*};
 }
 
-/// A `reason` label.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    /// Why it happened.
-    pub reason: &'static str,
-}
-
-/// A `direction` label: `inbound` or `outbound`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DirectionLabel {
-    /// `inbound` or `outbound`.
-    pub direction: &'static str,
-}
-
-/// An `offence` label.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OffenceLabel {
-    /// What the peer did.
-    pub offence: &'static str,
-}
-
-/// An `outcome` label.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabel {
-    /// How it ended.
-    pub outcome: &'static str,
+label_sets! {
+    /// A `kind` label.
+    KindLabel { kind: "The message kind." }
+    /// A `reason` label.
+    ReasonLabel { reason: "Why it happened." }
+    /// A `direction` label: `inbound` or `outbound`.
+    DirectionLabel { direction: "`inbound` or `outbound`." }
+    /// An `offence` label.
+    OffenceLabel { offence: "What the peer did." }
+    /// An `outcome` label.
+    OutcomeLabel { outcome: "How it ended." }
 }
 
 /// Every transport metric. Clones share the same counters.
