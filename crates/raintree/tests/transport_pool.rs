@@ -1,5 +1,5 @@
 //! The pool under concurrency: many peers both ways, simultaneous dials, requests under load,
-//! graceful shutdown, idle close, redial, peer removal, open mode.
+//! graceful shutdown, idle close, redial, peer removal, the owner's peer book, open mode.
 
 mod transport_util;
 
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use raintree::proto::wire::Message;
-use raintree::transport::{Event, Identity, RequestError, SendError};
+use raintree::transport::{CloseReason, Event, Identity, PeerBook, RequestError, SendError};
 use transport_util::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,6 +293,47 @@ async fn removing_a_peer_closes_its_connection() {
     for n in &nodes {
         n.t.shutdown(Duration::from_secs(5)).await;
     }
+}
+
+#[tokio::test]
+async fn the_transport_reads_its_owner_s_book_and_closes_removed_peers_when_told() {
+    let book = PeerBook::new();
+    let mut cfg = config();
+    cfg.peers = book.clone();
+    let a = start(Identity::generate(), cfg).await;
+    let mut b = start(Identity::generate(), config()).await;
+    b.t.set_peers([(a.t.address(), a.t.local_addr())].into());
+    let (me, to) = (a.t.address(), b.t.address());
+    assert_eq!(
+        a.t.send(to, direct(me, 1, Bytes::new())),
+        Err(SendError::UnknownPeer(to))
+    );
+    // No copy to refresh: the owner's insert is what the next send sees.
+    book.insert(to, b.t.local_addr());
+    a.t.send(to, direct(me, 2, Bytes::new())).unwrap();
+    assert_eq!(recv_directs(&mut b.events, 1).await[0].1, 2);
+    // Listed again by the time the transport hears of the removal: the connection stays.
+    book.remove(&to);
+    book.insert(to, b.t.local_addr());
+    a.t.peers_removed(&[to]);
+    a.t.send(to, direct(me, 3, Bytes::new())).unwrap();
+    assert_eq!(recv_directs(&mut b.events, 1).await[0].1, 3);
+    assert_eq!(a.metrics.connections_opened("outbound"), 1);
+    book.remove(&to);
+    a.t.peers_removed(&[to]);
+    let reason = next_matching(&mut b.events, |ev| match ev {
+        Event::ConnectionDown { reason, .. } => Some(reason),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reason, CloseReason::Goodbye("peer removed".into()));
+    assert!(!reason.peer_lost());
+    assert_eq!(
+        a.t.send(to, direct(me, 4, Bytes::new())),
+        Err(SendError::UnknownPeer(to))
+    );
+    a.t.shutdown(Duration::from_secs(5)).await;
+    b.t.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]

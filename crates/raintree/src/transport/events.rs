@@ -431,3 +431,38 @@ impl Emitter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::CloseReason;
+
+    #[test]
+    fn a_goodbye_for_an_ordinary_reason_of_ours_leaves_the_peer_reachable() {
+        for ours in CloseReason::ORDINARY {
+            assert!(!ours.peer_lost(), "{ours}");
+            assert!(
+                !CloseReason::Goodbye(ours.to_string()).peer_lost(),
+                "{ours}"
+            );
+        }
+        for lost in [
+            CloseReason::Shutdown,
+            CloseReason::Closed,
+            CloseReason::Banned,
+        ] {
+            assert!(CloseReason::Goodbye(lost.to_string()).peer_lost(), "{lost}");
+        }
+        assert!(CloseReason::Goodbye("close".into()).peer_lost());
+    }
+
+    #[test]
+    fn ending_without_goodbye_counts_as_lost_unless_we_ended_it() {
+        assert!(CloseReason::ClosedByPeer.peer_lost());
+        assert!(CloseReason::WriteFailed.peer_lost());
+        assert!(CloseReason::BadInput("x".into()).peer_lost());
+        assert!(CloseReason::DialFailed("x".into()).peer_lost());
+        assert!(!CloseReason::Aborted.peer_lost());
+        assert!(!CloseReason::PeerDidNotClose.peer_lost());
+        assert!(!CloseReason::Shutdown.peer_lost());
+    }
+}
