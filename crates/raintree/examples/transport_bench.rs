@@ -224,7 +224,7 @@ fn direct(origin: Address, nonce: u64, payload: Bytes) -> Message {
 /// building it again: `send` takes the message).
 async fn send_paced(t: &Transport, to: Address, make: impl Fn() -> Message) {
     loop {
-        match t.send(to, make()).await {
+        match t.send(to, make()) {
             Ok(()) => return,
             Err(SendError::QueueFull { .. }) => {
                 tokio::time::sleep(Duration::from_millis(1)).await;

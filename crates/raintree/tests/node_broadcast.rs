@@ -167,11 +167,7 @@ async fn dead_peers_are_covered_by_acks_and_cleanup() {
 async fn direct_send_and_request_response() {
     let mut nodes = network(2, Config::default()).await;
     let b = nodes[1].0.address();
-    nodes[0]
-        .0
-        .send(b, Bytes::from_static(b"direct"))
-        .await
-        .unwrap();
+    nodes[0].0.send(b, Bytes::from_static(b"direct")).unwrap();
     let d = next_delivery(&mut nodes[1].1).await;
     assert_eq!(d.payload, Bytes::from_static(b"direct"));
 

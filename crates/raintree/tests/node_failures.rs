@@ -116,7 +116,7 @@ async fn ack_deadlines_fire_under_a_continuous_stream_of_events() {
         let (b, to) = (b.clone(), a.address());
         tokio::spawn(async move {
             loop {
-                if b.send(to, Bytes::from_static(b"noise")).await.is_err() {
+                if b.send(to, Bytes::from_static(b"noise")).is_err() {
                     tokio::task::yield_now().await;
                 }
             }

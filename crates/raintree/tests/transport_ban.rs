@@ -80,8 +80,7 @@ async fn a_peer_sending_garbage_is_banned_refused_and_let_back_after_the_ban() {
     assert!(s.closed_by_peer().await);
     assert_eq!(b.metrics.refused("banned"), 1);
     let r =
-        b.t.send(bad.address(), direct(b.t.address(), 1, Bytes::new()))
-            .await;
+        b.t.send(bad.address(), direct(b.t.address(), 1, Bytes::new()));
     assert_eq!(r, Err(SendError::Banned(bad.address())));
     assert_eq!(b.metrics.queue_drops("banned"), 1);
 
@@ -105,12 +104,11 @@ async fn a_ban_closes_the_live_connection_without_goodbye_and_stops_redials() {
     scoring(&mut b_cfg);
     b_cfg.open = false;
     let mut b = start(Identity::generate(), b_cfg).await;
-    let mut a_cfg = config();
+    let a_cfg = config();
     a_cfg.peers.insert(b.t.address(), b.t.local_addr());
     let mut a = start(Identity::generate(), a_cfg).await;
     b.t.set_peers([(a.t.address(), a.t.local_addr())].into());
     a.t.send(b.t.address(), direct(a.t.address(), 0, Bytes::new()))
-        .await
         .unwrap();
     recv_directs(&mut b.events, 1).await;
 
@@ -123,13 +121,13 @@ async fn a_ban_closes_the_live_connection_without_goodbye_and_stops_redials() {
     assert_eq!(b.metrics.penalties("forged"), 5);
     // B's side closes as "banned"; A sees the connection end without any Goodbye.
     let reason = next_matching(&mut b.events, |ev| match ev {
-        Event::ConnectionDown { reason, lost, .. } => Some((reason, lost)),
+        Event::ConnectionDown { reason, .. } => Some((reason.to_string(), reason.peer_lost())),
         _ => None,
     })
     .await;
     assert_eq!(reason, ("banned".to_string(), true));
     let reason = next_matching(&mut a.events, |ev| match ev {
-        Event::ConnectionDown { reason, .. } => Some(reason),
+        Event::ConnectionDown { reason, .. } => Some(reason.to_string()),
         _ => None,
     })
     .await;
@@ -137,7 +135,6 @@ async fn a_ban_closes_the_live_connection_without_goodbye_and_stops_redials() {
     assert_eq!(a.metrics.frames_received("goodbye"), 0);
     // A redials to send more: refused at B while the ban lasts.
     a.t.send(b.t.address(), direct(a.t.address(), 1, Bytes::new()))
-        .await
         .unwrap();
     assert_eq!(
         refused(&mut b.events).await,
@@ -145,8 +142,7 @@ async fn a_ban_closes_the_live_connection_without_goodbye_and_stops_redials() {
     );
     // B does not dial a banned peer either.
     assert_eq!(
-        b.t.send(a.t.address(), direct(b.t.address(), 2, Bytes::new()))
-            .await,
+        b.t.send(a.t.address(), direct(b.t.address(), 2, Bytes::new())),
         Err(SendError::Banned(a.t.address()))
     );
     assert_eq!(b.metrics.connections_opened("outbound"), 0);

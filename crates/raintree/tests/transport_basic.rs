@@ -15,7 +15,6 @@ async fn messages_arrive_in_order_over_one_connection() {
     let (a, b) = (nodes[0].t.clone(), nodes[1].t.address());
     for i in 0..200u64 {
         a.send(b, direct(a.address(), i, Bytes::from(vec![i as u8; 100])))
-            .await
             .unwrap();
     }
     let got = recv_directs(&mut nodes[1].events, 200).await;
@@ -50,11 +49,8 @@ async fn large_frames_span_many_noise_messages() {
     let (a, b) = (nodes[0].t.clone(), nodes[1].t.address());
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     let big = Bytes::from(big);
-    a.send(b, direct(a.address(), 1, big.clone()))
-        .await
-        .unwrap();
+    a.send(b, direct(a.address(), 1, big.clone())).unwrap();
     a.send(b, direct(a.address(), 2, Bytes::from_static(b"after")))
-        .await
         .unwrap();
     let got = recv_directs(&mut nodes[1].events, 2).await;
     assert_eq!(got[0].2, big);
@@ -80,7 +76,7 @@ async fn mixed_sizes_arrive_intact_across_reads() {
     };
     for round in 0..2u64 {
         for i in round * 300..(round + 1) * 300 {
-            a.send(b, direct(a.address(), i, body(i))).await.unwrap();
+            a.send(b, direct(a.address(), i, body(i))).unwrap();
         }
         let got = recv_directs(&mut nodes[1].events, 300).await;
         for (k, (_, nonce, payload)) in got.into_iter().enumerate() {
@@ -100,7 +96,6 @@ async fn payload_over_limit_fails_at_the_sender() {
     let (a, b) = (&nodes[0].t, nodes[1].t.address());
     let err = a
         .send(b, direct(a.address(), 1, Bytes::from(vec![0; 1001])))
-        .await
         .unwrap_err();
     assert_eq!(
         err,
@@ -114,7 +109,7 @@ async fn payload_over_limit_fails_at_the_sender() {
     assert_eq!(nodes[0].metrics.connections_opened("outbound"), 0);
     let unknown = raintree::transport::Identity::generate().address();
     assert_eq!(
-        a.send(unknown, direct(a.address(), 1, Bytes::new())).await,
+        a.send(unknown, direct(a.address(), 1, Bytes::new())),
         Err(SendError::UnknownPeer(unknown))
     );
     for n in &nodes {
@@ -212,7 +207,7 @@ async fn transport_owned_kinds_are_refused_from_the_application() {
     ];
     for m in reserved.clone() {
         let kind = m.kind();
-        assert_eq!(a.send(b, m).await, Err(SendError::Reserved(kind)));
+        assert_eq!(a.send(b, m), Err(SendError::Reserved(kind)));
     }
     for m in reserved {
         a.write(b, m);
@@ -220,7 +215,6 @@ async fn transport_owned_kinds_are_refused_from_the_application() {
     assert_eq!(nodes[0].metrics.queue_drops("reserved"), 6);
     // The connection is untouched: an ordinary message still flows.
     a.send(b, direct(a.address(), 7, Bytes::from_static(b"ok")))
-        .await
         .unwrap();
     let got = recv_directs(&mut nodes[1].events, 1).await;
     assert_eq!(got[0].1, 7);

@@ -29,11 +29,11 @@ async fn the_total_queue_budget_bounds_all_peers_together() {
     let mut a = start(Identity::generate(), cfg).await;
     let me = a.t.address();
     let block = || Bytes::from(vec![7u8; 4000]);
-    a.t.send(p1, direct(me, 1, block())).await.unwrap();
-    a.t.send(p1, direct(me, 2, block())).await.unwrap();
+    a.t.send(p1, direct(me, 1, block())).unwrap();
+    a.t.send(p1, direct(me, 2, block())).unwrap();
     assert_eq!(a.t.queued_bytes(), 2 * (4000 + 64));
     // P2's own queue is empty, but all queues together are at the limit.
-    let r = a.t.send(p2, direct(me, 3, block())).await;
+    let r = a.t.send(p2, direct(me, 3, block()));
     assert_eq!(
         r,
         Err(SendError::TotalQueueFull {
@@ -44,7 +44,6 @@ async fn the_total_queue_budget_bounds_all_peers_together() {
     assert_eq!(a.metrics.queue_drops("total_queue_full"), 1);
     // Small control-sized messages still fit the remainder.
     a.t.send(p2, direct(me, 4, Bytes::from_static(b"x")))
-        .await
         .unwrap();
     // P1's dial times out and its queue is dropped: the bytes return to the budget.
     let _ = next_matching(&mut a.events, |ev| match ev {
@@ -52,7 +51,7 @@ async fn the_total_queue_budget_bounds_all_peers_together() {
         _ => None,
     })
     .await;
-    a.t.send(p2, direct(me, 5, block())).await.unwrap();
+    a.t.send(p2, direct(me, 5, block())).unwrap();
     assert!(a.t.queued_bytes() <= 12_000);
     a.t.shutdown(Duration::from_secs(1)).await;
     assert_eq!(a.t.queued_bytes(), 0);
@@ -77,7 +76,6 @@ async fn unread_message_events_are_bounded_in_bytes() {
     let me = a.t.address();
     for n in 0..5 {
         a.t.send(b.t.address(), direct(me, n, Bytes::from(vec![1u8; 4000])))
-            .await
             .unwrap();
     }
     // B's reader has decoded a third message but holds it: two (8,000 bytes) are unread and a
@@ -107,7 +105,6 @@ async fn an_event_larger_than_the_budget_still_passes_alone() {
     let me = a.t.address();
     for n in 0..3 {
         a.t.send(b.t.address(), direct(me, n, Bytes::from(vec![1u8; 5000])))
-            .await
             .unwrap();
     }
     let got = recv_directs(&mut b.events, 3).await;
@@ -125,7 +122,6 @@ async fn dropping_the_event_stream_never_wedges_readers() {
     let me = a.t.address();
     for n in 0..10 {
         a.t.send(b.t.address(), direct(me, n, Bytes::from(vec![1u8; 800])))
-            .await
             .unwrap();
     }
     // B's reader keeps draining the socket (nothing is read by anyone), so A's queue empties

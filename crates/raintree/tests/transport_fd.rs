@@ -59,7 +59,6 @@ fn mesh_traffic_and_shutdown_close_every_socket() {
             for to in addrs.iter().filter(|a| **a != n.t.address()) {
                 for i in 0..20 {
                     n.t.send(*to, direct(n.t.address(), i, Bytes::from_static(b"x")))
-                        .await
                         .unwrap();
                 }
             }
@@ -123,9 +122,7 @@ fn idle_close_redial_and_failed_dials_close_their_sockets() {
         .await;
         let (a, b) = (nodes[0].t.clone(), nodes[1].t.address());
         for round in 0..3 {
-            a.send(b, direct(a.address(), round, Bytes::new()))
-                .await
-                .unwrap();
+            a.send(b, direct(a.address(), round, Bytes::new())).unwrap();
             recv_directs(&mut nodes[1].events, 1).await;
             next_matching(&mut nodes[0].events, |ev| match ev {
                 Event::ConnectionDown { .. } => Some(()),
@@ -142,9 +139,7 @@ fn idle_close_redial_and_failed_dials_close_their_sockets() {
         let mut book: std::collections::HashMap<_, _> = [(b, nodes[1].t.local_addr())].into();
         book.insert(ghost, closed_port);
         a.set_peers(book);
-        a.send(ghost, direct(a.address(), 9, Bytes::new()))
-            .await
-            .unwrap();
+        a.send(ghost, direct(a.address(), 9, Bytes::new())).unwrap();
         next_matching(&mut nodes[0].events, |ev| match ev {
             Event::ConnectionDown { peer, .. } if peer == ghost => Some(()),
             _ => None,

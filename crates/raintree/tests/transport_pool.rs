@@ -1,5 +1,5 @@
 //! The pool under concurrency: many peers both ways, simultaneous dials, requests under load,
-//! graceful shutdown, idle close, redial, peer removal, open mode.
+//! graceful shutdown, idle close, redial, peer removal, the owner's peer book, open mode.
 
 mod transport_util;
 
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use raintree::proto::wire::Message;
-use raintree::transport::{Event, Identity, RequestError, SendError};
+use raintree::transport::{CloseReason, Event, Identity, PeerBook, RequestError, SendError};
 use transport_util::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,7 +41,6 @@ async fn many_peers_exchange_in_both_directions_at_once() {
             for i in 0..PER_PEER {
                 for to in addrs.iter().filter(|a| **a != t.address()) {
                     t.send(*to, direct(t.address(), i, Bytes::from(vec![1; 512])))
-                        .await
                         .unwrap();
                 }
             }
@@ -102,7 +101,7 @@ async fn simultaneous_dial_ends_with_one_connection_dialled_by_the_lower_address
     // The connection dialled by the higher address closes on both sides.
     for n in nodes.iter_mut() {
         let reason = next_matching(&mut n.events, |ev| match ev {
-            Event::ConnectionDown { reason, .. } => Some(reason),
+            Event::ConnectionDown { reason, .. } => Some(reason.to_string()),
             _ => None,
         })
         .await;
@@ -117,10 +116,8 @@ async fn simultaneous_dial_ends_with_one_connection_dialled_by_the_lower_address
     assert_eq!(nodes[1].metrics.open_connections("outbound"), 0);
     // Later sends reuse the survivor both ways.
     lo.send(hi.address(), direct(lo.address(), 99, Bytes::new()))
-        .await
         .unwrap();
     hi.send(lo.address(), direct(hi.address(), 99, Bytes::new()))
-        .await
         .unwrap();
     assert_eq!(recv_directs(&mut nodes[1].events, 1).await[0].1, 99);
     assert_eq!(recv_directs(&mut nodes[0].events, 1).await[0].1, 99);
@@ -144,7 +141,7 @@ async fn requests_complete_under_bulk_load() {
             let chunk = Bytes::from(vec![7u8; 16 * 1024]);
             for i in 0..300 {
                 // Full queues are fine here: the point is load on the same connection.
-                let _ = t.send(to, direct(t.address(), i, chunk.clone())).await;
+                let _ = t.send(to, direct(t.address(), i, chunk.clone()));
                 if i % 64 == 0 {
                     tokio::task::yield_now().await;
                 }
@@ -185,7 +182,7 @@ async fn shutdown_delivers_everything_queued_before_it() {
     let reader = tokio::spawn(async move {
         let got = recv_directs(&mut events, N).await;
         let bye = next_matching(&mut events, |ev| match ev {
-            Event::ConnectionDown { reason, .. } => Some(reason),
+            Event::ConnectionDown { reason, .. } => Some(reason.to_string()),
             _ => None,
         })
         .await;
@@ -193,7 +190,6 @@ async fn shutdown_delivers_everything_queued_before_it() {
     });
     for i in 0..N as u64 {
         a.t.send(to, direct(a.t.address(), i, Bytes::from(vec![3; 4096])))
-            .await
             .unwrap();
     }
     // Nothing has necessarily reached the wire yet (the dial may still be running).
@@ -208,7 +204,7 @@ async fn shutdown_delivers_everything_queued_before_it() {
     assert_eq!(a.metrics.frames_sent("goodbye"), 1);
     // Refused once shut down.
     assert_eq!(
-        a.t.send(to, direct(a.t.address(), 0, Bytes::new())).await,
+        a.t.send(to, direct(a.t.address(), 0, Bytes::new())),
         Err(SendError::Shutdown)
     );
     assert_eq!(
@@ -222,20 +218,16 @@ async fn shutdown_delivers_everything_queued_before_it() {
 async fn idle_connections_close_and_the_next_send_redials() {
     let mut nodes = mesh(2, |c| c.idle_timeout = Duration::from_millis(200)).await;
     let (a, b) = (nodes[0].t.clone(), nodes[1].t.address());
-    a.send(b, direct(a.address(), 1, Bytes::new()))
-        .await
-        .unwrap();
+    a.send(b, direct(a.address(), 1, Bytes::new())).unwrap();
     recv_directs(&mut nodes[1].events, 1).await;
     let reason = next_matching(&mut nodes[0].events, |ev| match ev {
-        Event::ConnectionDown { reason, .. } => Some(reason),
+        Event::ConnectionDown { reason, .. } => Some(reason.to_string()),
         _ => None,
     })
     .await;
     assert!(reason.contains("idle"), "{reason}");
     assert_eq!(nodes[0].metrics.open_connections("outbound"), 0);
-    a.send(b, direct(a.address(), 2, Bytes::new()))
-        .await
-        .unwrap();
+    a.send(b, direct(a.address(), 2, Bytes::new())).unwrap();
     assert_eq!(recv_directs(&mut nodes[1].events, 1).await[0].1, 2);
     assert_eq!(nodes[0].metrics.connections_opened("outbound"), 2);
     for n in &nodes {
@@ -250,7 +242,6 @@ async fn a_lost_peer_is_redialled_after_backoff() {
     let mut a = nodes.pop().unwrap();
     let b_id = b.identity.clone();
     a.t.send(b.t.address(), direct(a.t.address(), 1, Bytes::new()))
-        .await
         .unwrap();
     let mut b_events = b.events;
     recv_directs(&mut b_events, 1).await;
@@ -262,22 +253,20 @@ async fn a_lost_peer_is_redialled_after_backoff() {
     .await;
     // B is gone: this send's dial fails and the message is dropped, counted.
     a.t.send(b.t.address(), direct(a.t.address(), 2, Bytes::new()))
-        .await
         .unwrap();
     let reason = next_matching(&mut a.events, |ev| match ev {
-        Event::ConnectionDown { reason, .. } => Some(reason),
+        Event::ConnectionDown { reason, .. } => Some(reason.to_string()),
         _ => None,
     })
     .await;
     assert!(reason.starts_with("dial failed"), "{reason}");
     assert_eq!(a.metrics.queue_drops("dial_failed"), 1);
     // B comes back elsewhere with the same identity.
-    let mut cfg = config();
+    let cfg = config();
     cfg.peers.insert(a.t.address(), a.t.local_addr());
     let mut b2 = start(b_id, cfg).await;
     a.t.set_peers([(b2.t.address(), b2.t.local_addr())].into());
     a.t.send(b2.t.address(), direct(a.t.address(), 3, Bytes::new()))
-        .await
         .unwrap();
     assert_eq!(recv_directs(&mut b2.events, 1).await[0].1, 3);
     a.t.shutdown(Duration::from_secs(5)).await;
@@ -288,19 +277,17 @@ async fn a_lost_peer_is_redialled_after_backoff() {
 async fn removing_a_peer_closes_its_connection() {
     let mut nodes = mesh(2, |_| {}).await;
     let (a, b) = (nodes[0].t.clone(), nodes[1].t.address());
-    a.send(b, direct(a.address(), 1, Bytes::new()))
-        .await
-        .unwrap();
+    a.send(b, direct(a.address(), 1, Bytes::new())).unwrap();
     recv_directs(&mut nodes[1].events, 1).await;
     a.set_peers(HashMap::new());
     let reason = next_matching(&mut nodes[1].events, |ev| match ev {
-        Event::ConnectionDown { reason, .. } => Some(reason),
+        Event::ConnectionDown { reason, .. } => Some(reason.to_string()),
         _ => None,
     })
     .await;
     assert!(reason.starts_with("goodbye"), "{reason}");
     assert_eq!(
-        a.send(b, direct(a.address(), 2, Bytes::new())).await,
+        a.send(b, direct(a.address(), 2, Bytes::new())),
         Err(SendError::UnknownPeer(b))
     );
     for n in &nodes {
@@ -309,11 +296,52 @@ async fn removing_a_peer_closes_its_connection() {
 }
 
 #[tokio::test]
+async fn the_transport_reads_its_owner_s_book_and_closes_removed_peers_when_told() {
+    let book = PeerBook::new();
+    let mut cfg = config();
+    cfg.peers = book.clone();
+    let a = start(Identity::generate(), cfg).await;
+    let mut b = start(Identity::generate(), config()).await;
+    b.t.set_peers([(a.t.address(), a.t.local_addr())].into());
+    let (me, to) = (a.t.address(), b.t.address());
+    assert_eq!(
+        a.t.send(to, direct(me, 1, Bytes::new())),
+        Err(SendError::UnknownPeer(to))
+    );
+    // No copy to refresh: the owner's insert is what the next send sees.
+    book.insert(to, b.t.local_addr());
+    a.t.send(to, direct(me, 2, Bytes::new())).unwrap();
+    assert_eq!(recv_directs(&mut b.events, 1).await[0].1, 2);
+    // Listed again by the time the transport hears of the removal: the connection stays.
+    book.remove(&to);
+    book.insert(to, b.t.local_addr());
+    a.t.peers_removed(&[to]);
+    a.t.send(to, direct(me, 3, Bytes::new())).unwrap();
+    assert_eq!(recv_directs(&mut b.events, 1).await[0].1, 3);
+    assert_eq!(a.metrics.connections_opened("outbound"), 1);
+    book.remove(&to);
+    a.t.peers_removed(&[to]);
+    let reason = next_matching(&mut b.events, |ev| match ev {
+        Event::ConnectionDown { reason, .. } => Some(reason),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reason, CloseReason::Goodbye("peer removed".into()));
+    assert!(!reason.peer_lost());
+    assert_eq!(
+        a.t.send(to, direct(me, 4, Bytes::new())),
+        Err(SendError::UnknownPeer(to))
+    );
+    a.t.shutdown(Duration::from_secs(5)).await;
+    b.t.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
 async fn an_open_node_accepts_strangers_and_answers_over_their_connection() {
     let mut server_cfg = config();
     server_cfg.open = true;
     let mut server = start(Identity::generate(), server_cfg).await;
-    let mut cfg = config();
+    let cfg = config();
     cfg.peers.insert(server.t.address(), server.t.local_addr());
     let mut client = start(Identity::generate(), cfg).await;
     client
@@ -322,7 +350,6 @@ async fn an_open_node_accepts_strangers_and_answers_over_their_connection() {
             server.t.address(),
             direct(client.t.address(), 1, Bytes::new()),
         )
-        .await
         .unwrap();
     let got = recv_directs(&mut server.events, 1).await;
     assert_eq!(got[0].0, client.t.address());
@@ -333,7 +360,6 @@ async fn an_open_node_accepts_strangers_and_answers_over_their_connection() {
             client.t.address(),
             direct(server.t.address(), 2, Bytes::new()),
         )
-        .await
         .unwrap();
     assert_eq!(recv_directs(&mut client.events, 1).await[0].1, 2);
     assert_eq!(client.metrics.connections_opened("inbound"), 0);
@@ -350,7 +376,7 @@ async fn a_stalled_peer_fills_only_its_own_queue() {
     b_cfg.open = true;
     b_cfg.queue_bytes = 2 * 1024 * 1024;
     let mut b = start(Identity::generate(), b_cfg).await;
-    let mut a_cfg = config();
+    let a_cfg = config();
     a_cfg.peers.insert(b.t.address(), b.t.local_addr());
     let mut a = start(Identity::generate(), a_cfg).await;
     b.t.set_peers([(a.t.address(), a.t.local_addr())].into());
@@ -365,11 +391,7 @@ async fn a_stalled_peer_fills_only_its_own_queue() {
     let chunk = Bytes::from(vec![1u8; 64 * 1024]);
     let mut full = false;
     for i in 0..100_000u64 {
-        match b
-            .t
-            .send(s_addr, direct(b.t.address(), i, chunk.clone()))
-            .await
-        {
+        match b.t.send(s_addr, direct(b.t.address(), i, chunk.clone())) {
             Ok(()) => {}
             Err(SendError::QueueFull { .. }) => {
                 full = true;
@@ -386,12 +408,10 @@ async fn a_stalled_peer_fills_only_its_own_queue() {
     // Meanwhile B's traffic with A flows both ways.
     for i in 0..20 {
         b.t.send(a.t.address(), direct(b.t.address(), i, chunk.clone()))
-            .await
             .unwrap();
     }
     assert_eq!(recv_directs(&mut a.events, 20).await.len(), 20);
     a.t.send(b.t.address(), direct(a.t.address(), 1, Bytes::new()))
-        .await
         .unwrap();
     next_matching(&mut b.events, |ev| match ev {
         Event::Message { peer, .. } if peer == a.t.address() => Some(()),

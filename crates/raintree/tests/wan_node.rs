@@ -101,7 +101,7 @@ fn ack_deadline_fires_on_time_under_a_continuous_stream_of_events() {
                     sleep_until(ms(300)).await;
                     loop {
                         for _ in 0..20 {
-                            let _ = node.send(address(0), Bytes::from_static(b"noise")).await;
+                            let _ = node.send(address(0), Bytes::from_static(b"noise"));
                         }
                         tokio::time::sleep(ms(1)).await;
                     }
@@ -115,7 +115,7 @@ fn ack_deadline_fires_on_time_under_a_continuous_stream_of_events() {
     sim.client(host_name(0), async move {
         let (node, mut streams) = start(0, 3, &protocol, |_| {}).await;
         // Connections to both peers first, so the deadline below is the only thing pending.
-        node.send(address(2), Bytes::from_static(b"hello")).await?;
+        node.send(address(2), Bytes::from_static(b"hello"))?;
         sleep_until(ms(500)).await;
         turmoil::hold(host_name(0), host_name(2));
         let flood = tokio::task::spawn_local(async move {
@@ -372,7 +372,7 @@ fn simultaneous_dials_end_with_one_connection() {
         sim.client(host_name(i), async move {
             let (node, mut streams) = start(i, 2, &protocol, |_| {}).await;
             sleep_until(ms(500)).await;
-            node.send(address(1 - i), Bytes::from_static(b"hi")).await?;
+            node.send(address(1 - i), Bytes::from_static(b"hi"))?;
             let d = streams.deliveries.recv().await.expect("delivered");
             assert_eq!(d.payload, Bytes::from_static(b"hi"));
             // Long enough for the loser's Goodbye, the peer's close and the linger.
@@ -381,8 +381,7 @@ fn simultaneous_dials_end_with_one_connection() {
                 .borrow_mut()
                 .push(turmoil::established_tcp_stream_count());
             // Still usable both ways over the connection that stayed.
-            node.send(address(1 - i), Bytes::from_static(b"again"))
-                .await?;
+            node.send(address(1 - i), Bytes::from_static(b"again"))?;
             let d = streams.deliveries.recv().await.expect("delivered");
             assert_eq!(d.payload, Bytes::from_static(b"again"));
             sleep_until(Duration::from_secs(6)).await;

@@ -143,7 +143,8 @@ impl Driver {
             Event::ConnectionUp { peer, inbound } => {
                 tracing::debug!(%peer, inbound, "connection up");
             }
-            Event::ConnectionDown { peer, reason, lost } => {
+            Event::ConnectionDown { peer, reason } => {
+                let lost = reason.peer_lost();
                 tracing::debug!(%peer, %reason, lost, "connection down");
                 if lost {
                     // Sends awaiting this peer's answer fail now instead of at their deadline.

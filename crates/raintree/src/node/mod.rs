@@ -12,7 +12,6 @@ pub use deliveries::Deliveries;
 use deliveries::Unread;
 pub use memory::{MemoryBound, FIXED_BYTES};
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -28,8 +27,8 @@ use tokio::task::JoinHandle;
 
 use crate::metrics::NodeMetrics;
 use crate::transport::{
-    Identity, RequestError, Responder, SendError, ShutdownReport, Transport, TransportConfig,
-    TransportError, TransportMetrics,
+    Identity, PeerBook, RequestError, Responder, SendError, ShutdownReport, Transport,
+    TransportConfig, TransportError, TransportMetrics,
 };
 
 /// A known peer: its address and where it listens.
@@ -45,7 +44,8 @@ pub struct PeerEntry {
 pub struct NodeConfig {
     /// This node's Ed25519 identity.
     pub identity: Identity,
-    /// Listener, limits, queues and the peer book (`transport.peers` is replaced by `peers`).
+    /// Listener, limits and queues (`transport.peers` is replaced by the node's own book,
+    /// made from `peers`).
     pub transport: TransportConfig,
     /// The other peers (self may be included; it is ignored in the peer book).
     pub peers: Vec<PeerEntry>,
@@ -161,7 +161,8 @@ struct Inner {
     commands: mpsc::Sender<Command>,
     stats: watch::Receiver<Stats>,
     registry: Registry,
-    peers: std::sync::Mutex<HashMap<Address, SocketAddr>>,
+    /// Where peers listen: the node keeps the book, the transport reads it.
+    book: PeerBook,
     driver: tokio::sync::Mutex<Option<JoinHandle<()>>>,
     stop: tokio_util::sync::CancellationToken,
 }
@@ -186,7 +187,11 @@ impl Node {
             });
         }
         let address = identity.address();
-        let book = peer_book(address, &peers);
+        let book: PeerBook = peers
+            .iter()
+            .filter(|e| e.address != address)
+            .map(|e| (e.address, e.addr))
+            .collect();
         transport.peers = book.clone();
         let list = Arc::new(peer_list(address, &book));
 
@@ -241,7 +246,7 @@ impl Node {
                 commands: cmd_tx,
                 stats,
                 registry,
-                peers: std::sync::Mutex::new(book),
+                book,
                 driver: tokio::sync::Mutex::new(Some(handle)),
                 stop,
             }),
@@ -277,15 +282,14 @@ impl Node {
     }
 
     /// Sends `payload` to one peer over the pooled connection; it is delivered there once.
-    pub async fn send(&self, peer: Address, payload: Bytes) -> Result<MessageId, NodeError> {
+    pub fn send(&self, peer: Address, payload: Bytes) -> Result<MessageId, NodeError> {
         let id = MessageId {
             origin: self.inner.address,
             nonce: rand::random(),
         };
         self.inner
             .transport
-            .send(peer, Message::Direct { id, payload })
-            .await?;
+            .send(peer, Message::Direct { id, payload })?;
         Ok(id)
     }
 
@@ -306,32 +310,27 @@ impl Node {
     /// Adds peers (or moves them to a new listen address); broadcasts started after this
     /// resolves use the new list.
     pub async fn add_peers(&self, entries: &[PeerEntry]) -> Result<(), NodeError> {
-        let book = {
-            let mut book = self.inner.peers.lock().unwrap_or_else(|p| p.into_inner());
-            for e in entries.iter().filter(|e| e.address != self.inner.address) {
-                book.insert(e.address, e.addr);
-            }
-            book.clone()
-        };
-        self.apply_peers(book).await
+        for e in entries.iter().filter(|e| e.address != self.inner.address) {
+            self.inner.book.insert(e.address, e.addr);
+        }
+        self.update_engine_peers().await
     }
 
     /// Removes peers and closes their connections; broadcasts started after this resolves
     /// no longer include them.
     pub async fn remove_peers(&self, addresses: &[Address]) -> Result<(), NodeError> {
-        let book = {
-            let mut book = self.inner.peers.lock().unwrap_or_else(|p| p.into_inner());
-            for a in addresses {
-                book.remove(a);
-            }
-            book.clone()
-        };
-        self.apply_peers(book).await
+        let removed: Vec<Address> = addresses
+            .iter()
+            .filter(|a| self.inner.book.remove(a).is_some())
+            .copied()
+            .collect();
+        self.inner.transport.peers_removed(&removed);
+        self.update_engine_peers().await
     }
 
-    async fn apply_peers(&self, book: HashMap<Address, SocketAddr>) -> Result<(), NodeError> {
-        let list = Arc::new(peer_list(self.inner.address, &book));
-        self.inner.transport.set_peers(book);
+    /// Hands the engine the book's current peers.
+    async fn update_engine_peers(&self) -> Result<(), NodeError> {
+        let list = Arc::new(peer_list(self.inner.address, &self.inner.book));
         // Commands are handled in order, so a broadcast issued after this sees the new list.
         self.inner
             .commands
@@ -342,13 +341,12 @@ impl Node {
 
     /// The peers currently known, self excluded.
     pub fn peers(&self) -> Vec<PeerEntry> {
-        let book = self.inner.peers.lock().unwrap_or_else(|p| p.into_inner());
-        let mut v: Vec<_> = book
-            .iter()
-            .map(|(a, s)| PeerEntry {
-                address: *a,
-                addr: *s,
-            })
+        let mut v: Vec<_> = self
+            .inner
+            .book
+            .snapshot()
+            .into_iter()
+            .map(|(address, addr)| PeerEntry { address, addr })
             .collect();
         v.sort_by_key(|e| e.address);
         v
@@ -397,14 +395,6 @@ pub fn unix_micros() -> u64 {
         .unwrap_or(0)
 }
 
-fn peer_book(me: Address, peers: &[PeerEntry]) -> HashMap<Address, SocketAddr> {
-    peers
-        .iter()
-        .filter(|e| e.address != me)
-        .map(|e| (e.address, e.addr))
-        .collect()
-}
-
-fn peer_list(me: Address, book: &HashMap<Address, SocketAddr>) -> PeerList {
-    PeerList::new(book.keys().copied().chain(std::iter::once(me)))
+fn peer_list(me: Address, book: &PeerBook) -> PeerList {
+    PeerList::new(book.snapshot().into_keys().chain(std::iter::once(me)))
 }

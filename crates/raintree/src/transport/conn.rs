@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::events::{Emitter, Event, Responder};
+use super::events::{CloseReason, Emitter, Event, Responder};
 use super::framing::{FrameError, Opener, Sealer, Session};
 use super::handshake::NoiseReader;
 use super::metrics::{message_kind_index, TransportMetrics};
@@ -83,8 +83,8 @@ pub(crate) struct ConnRef {
     pub close: CancellationToken,
     /// Tears the connection down at once: no drain, no Goodbye (bad input, bans).
     pub abort: CancellationToken,
-    /// Why it was closed; the first reason given wins.
-    pub why: Arc<std::sync::OnceLock<&'static str>>,
+    /// Why it was closed; the first reason given wins (a peer's Goodbye included).
+    pub why: Arc<std::sync::OnceLock<CloseReason>>,
 }
 
 impl ConnRef {
@@ -101,13 +101,13 @@ impl ConnRef {
     }
 
     /// Tears this connection down for `why` without a Goodbye.
-    pub fn abort_with(&self, why: &'static str) {
+    pub fn abort_with(&self, why: CloseReason) {
         let _ = self.why.set(why);
         self.abort.cancel();
     }
 
     /// Closes this connection for `why` (sent in its Goodbye, reported in ConnectionDown).
-    pub fn close_with(&self, why: &'static str) {
+    pub fn close_with(&self, why: CloseReason) {
         let _ = self.why.set(why);
         self.close.cancel();
     }
@@ -175,16 +175,12 @@ pub(crate) async fn run<S: Send + 'static>(
         conn: &conn,
         events: &events,
     };
-    let (reason, lost) = match read_loop(ctx, opener, reader, &abort, &write_done, &activity).await
-    {
+    let reason = match read_loop(ctx, opener, reader, &abort, &write_done, &activity).await {
+        // A reason of our own explains the end better than how the reader saw it, unless
+        // the peer's Goodbye came first.
         Ok(remote) => match conn.why.get() {
-            Some(&local) if local != PEER_GOODBYE => {
-                (local.to_string(), matches!(local, "write failed" | BANNED))
-            }
-            _ => {
-                let lost = remote_lost(&remote);
-                (remote, lost)
-            }
+            Some(CloseReason::Goodbye(_)) | None => remote,
+            Some(local) => local.clone(),
         },
         Err(e) => {
             shared.metrics.frame_error(e.label());
@@ -193,11 +189,11 @@ pub(crate) async fn run<S: Send + 'static>(
             if let Some(o) = offence(&e) {
                 link.penalise(o);
             }
-            (format!("error: {e}"), true)
+            CloseReason::BadInput(e.to_string())
         }
     };
     link.detach(conn.id);
-    conn.close_with("closed");
+    conn.close_with(CloseReason::Closed);
     let _ = w.await;
     link.ended(conn.id);
     shared.metrics.conn_closed(direction);
@@ -205,12 +201,9 @@ pub(crate) async fn run<S: Send + 'static>(
     tracing::debug!(%peer, %reason, "connection down");
     shared
         .events
-        .emit_via(&events, Event::ConnectionDown { peer, reason, lost })
+        .emit_via(&events, Event::ConnectionDown { peer, reason })
         .await;
 }
-
-/// The close reason of a connection whose peer was banned.
-pub(crate) const BANNED: &str = "banned";
 
 /// What a frame error says about the peer; a socket error says nothing.
 fn offence(e: &FrameError) -> Option<Offence> {
@@ -220,18 +213,6 @@ fn offence(e: &FrameError) -> Option<Offence> {
         FrameError::Decode(_) => Some(Offence::Malformed),
         FrameError::Truncated => Some(Offence::Truncated),
         FrameError::Io(_) => None,
-    }
-}
-
-/// The close reason recorded when the peer said Goodbye first.
-const PEER_GOODBYE: &str = "peer goodbye";
-
-/// The reader's end, when the peer ended the connection: the peer is gone unless its Goodbye
-/// gave an ordinary reason (an idle or duplicate connection closed while it lives on).
-fn remote_lost(remote: &str) -> bool {
-    match remote.strip_prefix("goodbye: ") {
-        Some(why) => !matches!(why, "idle" | "duplicate" | "replaced" | "peer removed"),
-        None => remote != "aborted" && remote != "peer did not close",
     }
 }
 
@@ -251,7 +232,7 @@ async fn read_loop(
     abort: &CancellationToken,
     write_done: &CancellationToken,
     activity: &Activity,
-) -> Result<String, FrameError> {
+) -> Result<CloseReason, FrameError> {
     let ReadCtx {
         shared,
         link,
@@ -268,14 +249,12 @@ async fn read_loop(
     loop {
         let next = tokio::select! {
             biased;
-            _ = abort.cancelled() => return Ok("aborted".into()),
-            _ = &mut linger => return Ok(goodbye.unwrap_or_else(|| "peer did not close".into())),
+            _ = abort.cancelled() => return Ok(CloseReason::Aborted),
+            _ = &mut linger => return Ok(goodbye.unwrap_or(CloseReason::PeerDidNotClose)),
             n = reader.next() => n,
         };
         let buf = match next {
-            None if opener.at_boundary() => {
-                return Ok(goodbye.unwrap_or_else(|| "closed by peer".into()))
-            }
+            None if opener.at_boundary() => return Ok(goodbye.unwrap_or(CloseReason::ClosedByPeer)),
             None => return Err(FrameError::Truncated),
             Some(Err(e)) => return Err(FrameError::from_codec(e)),
             Some(Ok(buf)) => buf,
@@ -297,8 +276,9 @@ async fn read_loop(
                     // with our Goodbye, and read on until it closes.
                     tracing::debug!(%peer, %reason, "goodbye received");
                     link.detach(conn.id);
-                    conn.close_with(PEER_GOODBYE);
-                    goodbye = Some(format!("goodbye: {reason}"));
+                    let bye = CloseReason::Goodbye(reason);
+                    conn.close_with(bye.clone());
+                    goodbye = Some(bye);
                 }
                 Message::Request { id, payload } => {
                     let ev = Event::Request {
@@ -400,19 +380,17 @@ async fn write_loop(
                 if activity.last() + shared.idle_timeout <= Instant::now() {
                     tracing::debug!(%peer, "closing idle connection");
                     link.detach(conn.id);
-                    conn.close_with("idle");
+                    conn.close_with(CloseReason::Idle);
                 }
             }
         }
     }
     let reason = match conn.why.get() {
-        _ if shared.events.closing.is_cancelled() => "shutdown",
-        Some(&PEER_GOODBYE) | None => "close",
-        Some(why) => why,
+        _ if shared.events.closing.is_cancelled() => CloseReason::Shutdown.to_string(),
+        Some(CloseReason::Goodbye(_)) | None => "close".to_string(),
+        Some(why) => why.to_string(),
     };
-    let bye = Message::Goodbye {
-        reason: reason.into(),
-    };
+    let bye = Message::Goodbye { reason };
     let kind = message_kind_index(&bye);
     if let Ok(len) = sealer.push(bye) {
         shared.metrics.sent(kind, len);
@@ -439,6 +417,6 @@ fn break_abort(
     }
     shared.lost.fetch_add(lost as u64, Ordering::SeqCst);
     link.detach(conn.id);
-    conn.close_with("write failed");
+    conn.close_with(CloseReason::WriteFailed);
     abort.cancel();
 }

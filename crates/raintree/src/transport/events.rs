@@ -47,6 +47,96 @@ impl RefuseReason {
     }
 }
 
+/// Why a connection closed, as reported in [`Event::ConnectionDown`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// No traffic either way for `idle_timeout`.
+    Idle,
+    /// It lost the simultaneous-dial tie-break to another connection to the same peer.
+    Duplicate,
+    /// A newer connection to the same peer took over.
+    Replaced,
+    /// The peer left the peer book.
+    PeerRemoved,
+    /// This transport is shutting down.
+    Shutdown,
+    /// The connection's reader ended; the writer says so in its Goodbye.
+    Closed,
+    /// A write to the socket failed.
+    WriteFailed,
+    /// The peer was banned for misbehaving.
+    Banned,
+    /// The peer said Goodbye, giving this reason.
+    Goodbye(String),
+    /// The peer closed without Goodbye.
+    ClosedByPeer,
+    /// After our Goodbye the peer did not close within `linger`.
+    PeerDidNotClose,
+    /// Torn down at once without Goodbye (the shutdown deadline passed).
+    Aborted,
+    /// The peer sent bytes no correct peer sends (the error says which).
+    BadInput(String),
+    /// Dialling the peer failed (the error says how).
+    DialFailed(String),
+}
+
+impl CloseReason {
+    /// The reasons a Goodbye can carry that say the peer lives on: a connection closed by
+    /// an ordinary decision of the pool, not by the peer going away.
+    const ORDINARY: [CloseReason; 4] = [
+        CloseReason::Idle,
+        CloseReason::Duplicate,
+        CloseReason::Replaced,
+        CloseReason::PeerRemoved,
+    ];
+
+    /// True when the peer is gone or failing (dial failed, reset, end of stream without
+    /// Goodbye, bad input, a write failed, banned, or its Goodbye gives another reason than
+    /// an ordinary one); false when the close was an ordinary decision (idle, duplicate or
+    /// replaced connection, peer removed, our own shutdown), after which the peer is still
+    /// reachable.
+    pub fn peer_lost(&self) -> bool {
+        match self {
+            CloseReason::Goodbye(why) => !Self::ORDINARY.iter().any(|r| r.to_string() == *why),
+            CloseReason::WriteFailed
+            | CloseReason::Banned
+            | CloseReason::ClosedByPeer
+            | CloseReason::BadInput(_)
+            | CloseReason::DialFailed(_) => true,
+            CloseReason::Idle
+            | CloseReason::Duplicate
+            | CloseReason::Replaced
+            | CloseReason::PeerRemoved
+            | CloseReason::Shutdown
+            | CloseReason::Closed
+            | CloseReason::PeerDidNotClose
+            | CloseReason::Aborted => false,
+        }
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The unit variants' texts travel in our Goodbyes, so peers parse them: keep them.
+        f.write_str(match self {
+            CloseReason::Idle => "idle",
+            CloseReason::Duplicate => "duplicate",
+            CloseReason::Replaced => "replaced",
+            CloseReason::PeerRemoved => "peer removed",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Closed => "closed",
+            CloseReason::WriteFailed => "write failed",
+            CloseReason::Banned => "banned",
+            CloseReason::ClosedByPeer => "closed by peer",
+            CloseReason::PeerDidNotClose => "peer did not close",
+            CloseReason::Aborted => "aborted",
+            CloseReason::Goodbye(why) => return write!(f, "goodbye: {why}"),
+            CloseReason::BadInput(e) => return write!(f, "error: {e}"),
+            CloseReason::DialFailed(e) => return write!(f, "dial failed: {e}"),
+        })
+    }
+}
+
 /// What the transport reports to its owner.
 #[derive(Debug)]
 pub enum Event {
@@ -77,13 +167,8 @@ pub enum Event {
     ConnectionDown {
         /// The peer.
         peer: Address,
-        /// Why.
-        reason: String,
-        /// True when the peer is gone or failing (dial failed, reset, end of stream without
-        /// Goodbye, bad input, or its Goodbye says it is shutting down); false when the close
-        /// was an ordinary decision (idle, duplicate or replaced connection, peer removed, our
-        /// own shutdown), after which the peer is still reachable.
-        lost: bool,
+        /// Why; [`CloseReason::peer_lost`] says whether the peer is still reachable.
+        reason: CloseReason,
     },
     /// A peer's misbehaviour score crossed the threshold: its connection was closed and it is
     /// banned for `ban`.
@@ -344,5 +429,40 @@ impl Emitter {
         if let Some(tx) = self.sender() {
             let _ = tx.try_send(ev);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CloseReason;
+
+    #[test]
+    fn a_goodbye_for_an_ordinary_reason_of_ours_leaves_the_peer_reachable() {
+        for ours in CloseReason::ORDINARY {
+            assert!(!ours.peer_lost(), "{ours}");
+            assert!(
+                !CloseReason::Goodbye(ours.to_string()).peer_lost(),
+                "{ours}"
+            );
+        }
+        for lost in [
+            CloseReason::Shutdown,
+            CloseReason::Closed,
+            CloseReason::Banned,
+        ] {
+            assert!(CloseReason::Goodbye(lost.to_string()).peer_lost(), "{lost}");
+        }
+        assert!(CloseReason::Goodbye("close".into()).peer_lost());
+    }
+
+    #[test]
+    fn ending_without_goodbye_counts_as_lost_unless_we_ended_it() {
+        assert!(CloseReason::ClosedByPeer.peer_lost());
+        assert!(CloseReason::WriteFailed.peer_lost());
+        assert!(CloseReason::BadInput("x".into()).peer_lost());
+        assert!(CloseReason::DialFailed("x".into()).peer_lost());
+        assert!(!CloseReason::Aborted.peer_lost());
+        assert!(!CloseReason::PeerDidNotClose.peer_lost());
+        assert!(!CloseReason::Shutdown.peer_lost());
     }
 }

@@ -184,12 +184,9 @@ impl Session {
         out: &mut [u8],
     ) -> Result<usize, CryptoError> {
         let n = plain.len();
-        if out.len() < n + TAG_LEN {
-            return Err(CryptoError::BufferTooSmall);
-        }
-        out[..n].copy_from_slice(plain);
-        let tag = self.seal_in_place(counter, &mut out[..n])?;
-        out[n..n + TAG_LEN].copy_from_slice(&tag);
+        let buf = stage(out, plain, TAG_LEN)?;
+        let tag = self.seal_in_place(counter, &mut buf[..n])?;
+        buf[n..].copy_from_slice(&tag);
         Ok(n + TAG_LEN)
     }
 
@@ -200,12 +197,19 @@ impl Session {
         msg: &[u8],
         out: &mut [u8],
     ) -> Result<usize, CryptoError> {
-        if out.len() < msg.len() {
-            return Err(CryptoError::BufferTooSmall);
-        }
-        out[..msg.len()].copy_from_slice(msg);
-        self.open_in_place(counter, &mut out[..msg.len()])
+        let buf = stage(out, msg, 0)?;
+        self.open_in_place(counter, buf)
     }
+}
+
+/// Copies `src` to the start of `out` and returns it with `room` bytes after it, if `out`
+/// holds that much: the in-place cipher works on the copy, leaving the caller's input alone.
+fn stage<'a>(out: &'a mut [u8], src: &[u8], room: usize) -> Result<&'a mut [u8], CryptoError> {
+    let buf = out
+        .get_mut(..src.len() + room)
+        .ok_or(CryptoError::BufferTooSmall)?;
+    buf[..src.len()].copy_from_slice(src);
+    Ok(buf)
 }
 
 /// The sending half of a session: encodes messages straight into the Noise messages that

@@ -38,60 +38,100 @@ pub fn message_kind_index(msg: &Message) -> usize {
     }
 }
 
-/// A `kind` label.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
-    /// The message kind.
-    pub kind: &'static str,
+/// Declares label sets of one label each: a struct whose one field names the label.
+macro_rules! label_sets {
+    ($($(#[$doc:meta])* $name:ident { $field:ident: $field_doc:literal })*) => {$(
+        $(#[$doc])*
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        pub struct $name {
+            #[doc = $field_doc]
+            pub $field: &'static str,
+        }
+    )*};
 }
 
-/// A `reason` label.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    /// Why it happened.
-    pub reason: &'static str,
+label_sets! {
+    /// A `kind` label.
+    KindLabel { kind: "The message kind." }
+    /// A `reason` label.
+    ReasonLabel { reason: "Why it happened." }
+    /// A `direction` label: `inbound` or `outbound`.
+    DirectionLabel { direction: "`inbound` or `outbound`." }
+    /// An `offence` label.
+    OffenceLabel { offence: "What the peer did." }
+    /// An `outcome` label.
+    OutcomeLabel { outcome: "How it ended." }
 }
 
-/// A `direction` label: `inbound` or `outbound`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DirectionLabel {
-    /// `inbound` or `outbound`.
-    pub direction: &'static str,
+/// The metric of `family` under `label`, created at zero on first use (clones share it).
+fn at<L, M>(family: &Family<L, M>, label: L) -> M
+where
+    L: Clone + std::hash::Hash + Eq,
+    M: Clone + Default,
+{
+    family.get_or_create(&label).clone()
 }
 
-/// An `offence` label.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OffenceLabel {
-    /// What the peer did.
-    pub offence: &'static str,
+/// Declares the metrics struct and its registration from one table: each exported metric's
+/// field, type, name (under the `raintree_transport_` prefix) and help; then, after `+`, the
+/// fields that are not exported.
+macro_rules! metrics_table {
+    (
+        $(#[$doc:meta])*
+        pub struct $name:ident {
+            $($field:ident: $ty:ty => $export:literal, $help:literal;)*
+            + $($extra:ident: $extra_ty:ty,)*
+        }
+    ) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, Default)]
+        pub struct $name {
+            $($field: $ty,)*
+            $($extra: $extra_ty,)*
+        }
+
+        impl $name {
+            /// Registers every metric under the `raintree_transport_` prefix.
+            pub fn register(&self, registry: &mut Registry) {
+                let r = registry.sub_registry_with_prefix("raintree_transport");
+                $(r.register($export, $help, self.$field.clone());)*
+            }
+        }
+    };
 }
 
-/// An `outcome` label.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabel {
-    /// How it ended.
-    pub outcome: &'static str,
-}
-
-/// Every transport metric. Clones share the same counters.
-#[derive(Clone, Debug, Default)]
-pub struct TransportMetrics {
-    frames_sent: Family<KindLabel, Counter>,
-    bytes_sent: Family<KindLabel, Counter>,
-    frames_received: Family<KindLabel, Counter>,
-    bytes_received: Family<KindLabel, Counter>,
-    queue_drops: Family<ReasonLabel, Counter>,
-    refused: Family<ReasonLabel, Counter>,
-    handshake_failures: Family<ReasonLabel, Counter>,
-    frame_errors: Family<ReasonLabel, Counter>,
-    open_connections: Family<DirectionLabel, Gauge>,
-    connections_opened: Family<DirectionLabel, Counter>,
-    requests: Family<OutcomeLabel, Counter>,
-    penalties: Family<OffenceLabel, Counter>,
-    bans: Counter,
-    banned_peers: Gauge,
-    // Per-kind handles resolved once, so the per-frame path takes no family lock.
-    hot: std::sync::Arc<std::sync::OnceLock<Hot>>,
+metrics_table! {
+    /// Every transport metric. Clones share the same counters.
+    pub struct TransportMetrics {
+        frames_sent: Family<KindLabel, Counter> =>
+            "frames_sent", "Frames written, by message kind";
+        bytes_sent: Family<KindLabel, Counter> => "bytes_sent",
+            "Frame bytes written (length prefix included, before encryption), by message kind";
+        frames_received: Family<KindLabel, Counter> =>
+            "frames_received", "Frames read, by message kind";
+        bytes_received: Family<KindLabel, Counter> => "bytes_received",
+            "Frame bytes read (length prefix included, after decryption), by message kind";
+        queue_drops: Family<ReasonLabel, Counter> =>
+            "queue_drops", "Messages dropped before reaching the wire, by reason";
+        refused: Family<ReasonLabel, Counter> =>
+            "refused_connections", "Inbound connections refused, by reason";
+        handshake_failures: Family<ReasonLabel, Counter> =>
+            "handshake_failures", "Handshakes that failed, by reason";
+        frame_errors: Family<ReasonLabel, Counter> =>
+            "frame_errors", "Connections closed for invalid inbound bytes, by reason";
+        open_connections: Family<DirectionLabel, Gauge> =>
+            "open_connections", "Established connections, by direction";
+        connections_opened: Family<DirectionLabel, Counter> =>
+            "connections_opened", "Connections established, by direction";
+        requests: Family<OutcomeLabel, Counter> =>
+            "requests", "Requests finished, by outcome";
+        penalties: Family<OffenceLabel, Counter> =>
+            "penalties", "Misbehaviour penalties given to peers, by offence";
+        bans: Counter => "bans", "Peers banned for crossing the misbehaviour threshold";
+        banned_peers: Gauge => "banned_peers", "Peers currently banned";
+        // Per-kind handles resolved once, so the per-frame path takes no family lock.
+        + hot: std::sync::Arc<std::sync::OnceLock<Hot>>,
+    }
 }
 
 #[derive(Debug)]
@@ -106,81 +146,6 @@ impl TransportMetrics {
     /// Fresh metrics, all zero.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// Registers every metric under the `raintree_transport_` prefix.
-    pub fn register(&self, registry: &mut Registry) {
-        let r = registry.sub_registry_with_prefix("raintree_transport");
-        r.register(
-            "frames_sent",
-            "Frames written, by message kind",
-            self.frames_sent.clone(),
-        );
-        r.register(
-            "bytes_sent",
-            "Frame bytes written (length prefix included, before encryption), by message kind",
-            self.bytes_sent.clone(),
-        );
-        r.register(
-            "frames_received",
-            "Frames read, by message kind",
-            self.frames_received.clone(),
-        );
-        r.register(
-            "bytes_received",
-            "Frame bytes read (length prefix included, after decryption), by message kind",
-            self.bytes_received.clone(),
-        );
-        r.register(
-            "queue_drops",
-            "Messages dropped before reaching the wire, by reason",
-            self.queue_drops.clone(),
-        );
-        r.register(
-            "refused_connections",
-            "Inbound connections refused, by reason",
-            self.refused.clone(),
-        );
-        r.register(
-            "handshake_failures",
-            "Handshakes that failed, by reason",
-            self.handshake_failures.clone(),
-        );
-        r.register(
-            "frame_errors",
-            "Connections closed for invalid inbound bytes, by reason",
-            self.frame_errors.clone(),
-        );
-        r.register(
-            "open_connections",
-            "Established connections, by direction",
-            self.open_connections.clone(),
-        );
-        r.register(
-            "connections_opened",
-            "Connections established, by direction",
-            self.connections_opened.clone(),
-        );
-        r.register(
-            "requests",
-            "Requests finished, by outcome",
-            self.requests.clone(),
-        );
-        r.register(
-            "penalties",
-            "Misbehaviour penalties given to peers, by offence",
-            self.penalties.clone(),
-        );
-        r.register(
-            "bans",
-            "Peers banned for crossing the misbehaviour threshold",
-            self.bans.clone(),
-        );
-        r.register(
-            "banned_peers",
-            "Peers currently banned",
-            self.banned_peers.clone(),
-        );
     }
 
     fn hot(&self) -> &Hot {
@@ -212,51 +177,13 @@ impl TransportMetrics {
         h.bytes_received[kind].inc_by(bytes as u64);
     }
 
-    pub(crate) fn drop_msg(&self, reason: &'static str) {
-        self.queue_drops
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
-    }
-
-    pub(crate) fn refuse(&self, reason: &'static str) {
-        self.refused.get_or_create(&ReasonLabel { reason }).inc();
-    }
-
-    pub(crate) fn handshake_failed(&self, reason: &'static str) {
-        self.handshake_failures
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
-    }
-
-    pub(crate) fn frame_error(&self, reason: &'static str) {
-        self.frame_errors
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
-    }
-
     pub(crate) fn conn_open(&self, direction: &'static str) {
-        self.open_connections
-            .get_or_create(&DirectionLabel { direction })
-            .inc();
-        self.connections_opened
-            .get_or_create(&DirectionLabel { direction })
-            .inc();
+        at(&self.open_connections, DirectionLabel { direction }).inc();
+        at(&self.connections_opened, DirectionLabel { direction }).inc();
     }
 
     pub(crate) fn conn_closed(&self, direction: &'static str) {
-        self.open_connections
-            .get_or_create(&DirectionLabel { direction })
-            .dec();
-    }
-
-    pub(crate) fn request_done(&self, outcome: &'static str) {
-        self.requests.get_or_create(&OutcomeLabel { outcome }).inc();
-    }
-
-    pub(crate) fn penalty(&self, offence: &'static str) {
-        self.penalties
-            .get_or_create(&OffenceLabel { offence })
-            .inc();
+        at(&self.open_connections, DirectionLabel { direction }).dec();
     }
 
     pub(crate) fn banned(&self, now_banned: usize) {
@@ -266,13 +193,6 @@ impl TransportMetrics {
 
     pub(crate) fn set_banned(&self, now_banned: usize) {
         self.banned_peers.set(now_banned as i64);
-    }
-
-    /// Penalties given for `offence` (an [`crate::transport::Offence`] label) so far.
-    pub fn penalties(&self, offence: &'static str) -> u64 {
-        self.penalties
-            .get_or_create(&OffenceLabel { offence })
-            .get()
     }
 
     /// Bans so far.
@@ -294,50 +214,57 @@ impl TransportMetrics {
     pub fn frames_received(&self, kind: &str) -> u64 {
         self.hot().frames_received[kind_index(kind)].get()
     }
+}
 
-    /// Messages dropped for `reason` so far.
-    pub fn queue_drops(&self, reason: &'static str) -> u64 {
-        self.queue_drops
-            .get_or_create(&ReasonLabel { reason })
-            .get()
+/// Per label metric, one line each: a counting method for the transport's tasks and a
+/// reader for tests and reports, both taking the label's value.
+macro_rules! labelled {
+    (
+        count { $($count:ident => $cfield:ident($clabel:ident: $cset:ident);)* }
+        read { $($(#[$doc:meta])* $field:ident($label:ident: $set:ident) -> $ty:ty;)* }
+    ) => {
+        impl TransportMetrics {
+            $(
+                pub(crate) fn $count(&self, $clabel: &'static str) {
+                    at(&self.$cfield, $cset { $clabel }).inc();
+                }
+            )*
+            $(
+                $(#[$doc])*
+                pub fn $field(&self, $label: &'static str) -> $ty {
+                    at(&self.$field, $set { $label }).get()
+                }
+            )*
+        }
+    };
+}
+
+labelled! {
+    count {
+        drop_msg => queue_drops(reason: ReasonLabel);
+        refuse => refused(reason: ReasonLabel);
+        handshake_failed => handshake_failures(reason: ReasonLabel);
+        frame_error => frame_errors(reason: ReasonLabel);
+        request_done => requests(outcome: OutcomeLabel);
+        penalty => penalties(offence: OffenceLabel);
     }
-
-    /// Inbound connections refused for `reason` so far.
-    pub fn refused(&self, reason: &'static str) -> u64 {
-        self.refused.get_or_create(&ReasonLabel { reason }).get()
-    }
-
-    /// Handshakes failed for `reason` so far.
-    pub fn handshake_failures(&self, reason: &'static str) -> u64 {
-        self.handshake_failures
-            .get_or_create(&ReasonLabel { reason })
-            .get()
-    }
-
-    /// Connections closed for inbound frame errors of `reason` so far.
-    pub fn frame_errors(&self, reason: &'static str) -> u64 {
-        self.frame_errors
-            .get_or_create(&ReasonLabel { reason })
-            .get()
-    }
-
-    /// Connections currently open in `direction` (`inbound` / `outbound`).
-    pub fn open_connections(&self, direction: &'static str) -> i64 {
-        self.open_connections
-            .get_or_create(&DirectionLabel { direction })
-            .get()
-    }
-
-    /// Connections ever established in `direction`.
-    pub fn connections_opened(&self, direction: &'static str) -> u64 {
-        self.connections_opened
-            .get_or_create(&DirectionLabel { direction })
-            .get()
-    }
-
-    /// Requests finished with `outcome` so far.
-    pub fn requests(&self, outcome: &'static str) -> u64 {
-        self.requests.get_or_create(&OutcomeLabel { outcome }).get()
+    read {
+        /// Penalties given for `offence` (an [`crate::transport::Offence`] label) so far.
+        penalties(offence: OffenceLabel) -> u64;
+        /// Messages dropped for `reason` so far.
+        queue_drops(reason: ReasonLabel) -> u64;
+        /// Inbound connections refused for `reason` so far.
+        refused(reason: ReasonLabel) -> u64;
+        /// Handshakes failed for `reason` so far.
+        handshake_failures(reason: ReasonLabel) -> u64;
+        /// Connections closed for inbound frame errors of `reason` so far.
+        frame_errors(reason: ReasonLabel) -> u64;
+        /// Connections currently open in `direction` (`inbound` / `outbound`).
+        open_connections(direction: DirectionLabel) -> i64;
+        /// Connections ever established in `direction`.
+        connections_opened(direction: DirectionLabel) -> u64;
+        /// Requests finished with `outcome` so far.
+        requests(outcome: OutcomeLabel) -> u64;
     }
 }
 

@@ -12,12 +12,10 @@
 //! wait (TCP pushes back on the senders, whose queues then fill and drop, counted).
 
 // Layering, bottom up (each module imports only from those before it, and from this one's
-// config and error types): queue, tiebreak, framing, handshake, metrics, events, conn,
-// registry, then dial, accept, requests and shutdown, which each add one path to the
-// registry.
-mod accept;
+// config and error types): book, queue, tiebreak, framing, handshake, metrics, events, conn,
+// then registry, the one owner of the pool's state, whose files each add one path into it.
+mod book;
 mod conn;
-mod dial;
 mod events;
 pub mod framing;
 pub mod handshake;
@@ -26,9 +24,7 @@ mod metrics;
 mod queue;
 mod ratelimit;
 mod registry;
-mod requests;
 mod score;
-mod shutdown;
 mod tiebreak;
 
 use std::collections::HashMap;
@@ -40,12 +36,13 @@ use bytes::Bytes;
 use raintree_proto::wire::{self, Message};
 use raintree_proto::Address;
 
-pub use events::{Event, Events, RefuseReason, Responder};
+pub use book::PeerBook;
+pub use events::{CloseReason, Event, Events, RefuseReason, Responder};
 pub use identity::Identity;
 pub use metrics::TransportMetrics;
 pub use ratelimit::HandshakeLimit;
+pub use registry::ShutdownReport;
 pub use score::{Offence, ScoreConfig};
-pub use shutdown::ShutdownReport;
 
 use crate::net::Net;
 
@@ -61,8 +58,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct TransportConfig {
     /// Where to listen (port 0 picks a free port; read it back with `local_addr`).
     pub listen: SocketAddr,
-    /// Known peers and where they listen.
-    pub peers: HashMap<Address, SocketAddr>,
+    /// Known peers and where they listen. The transport reads this book, never a copy: its
+    /// owner may change it at any time (after removing peers, tell
+    /// [`Transport::peers_removed`] so their connections close).
+    pub peers: PeerBook,
     /// Accept authenticated peers that are not in `peers`.
     pub open: bool,
     /// Most inbound connections (handshaking ones included); the excess is closed at once.
@@ -107,7 +106,7 @@ impl TransportConfig {
     pub fn new(listen: SocketAddr) -> Self {
         Self {
             listen,
-            peers: HashMap::new(),
+            peers: PeerBook::new(),
             open: false,
             max_inbound: 125,
             max_outbound: 125,
@@ -245,20 +244,18 @@ impl Transport {
         metrics: TransportMetrics,
     ) -> Result<(Transport, Events), TransportError> {
         config.check()?;
-        let listener = accept::bind(config.net, config.listen).await?;
-        let (inner, rx) = Inner::start(listener, identity, config, metrics)?;
-        let budget = Arc::clone(&inner.shared.events.budget);
-        Ok((Transport { inner }, Events { rx, budget }))
+        let (inner, events) = Inner::start(identity, config, metrics).await?;
+        Ok((Transport { inner }, events))
     }
 
     /// The address the listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
-        self.inner.local_addr
+        self.inner.local_addr()
     }
 
     /// This node's identity address.
     pub fn address(&self) -> Address {
-        self.inner.address
+        self.inner.address()
     }
 
     /// The metrics this transport updates.
@@ -266,17 +263,22 @@ impl Transport {
         self.inner.metrics()
     }
 
-    /// Replaces the peer list; connections to peers no longer in it close.
+    /// Replaces the peer book's entries; connections to peers no longer in it close.
     pub fn set_peers(&self, peers: HashMap<Address, SocketAddr>) {
         self.inner.set_peers(peers);
     }
 
+    /// Closes the connections of `peers`, which the owner has removed from the peer book,
+    /// dropping what is queued for them; peers the book lists again are left alone.
+    pub fn peers_removed(&self, peers: &[Address]) {
+        self.inner.peers_removed(peers.iter().copied());
+    }
+
     /// Queues `msg` for `peer` on its pooled connection, dialling if needed.
     ///
-    /// Resolves once queued (never waits for the network), so it is cancel-safe. Fails if the
-    /// peer is unknown, its queue is full, the payload is too large or the transport is shut
-    /// down.
-    pub async fn send(&self, peer: Address, msg: Message) -> Result<(), SendError> {
+    /// Returns once queued: it never waits for the network. Fails if the peer is unknown, its
+    /// queue is full, the payload is too large or the transport is shut down.
+    pub fn send(&self, peer: Address, msg: Message) -> Result<(), SendError> {
         self.inner.enqueue_app(peer, msg)
     }
 
@@ -298,12 +300,12 @@ impl Transport {
     /// Payload bytes of events waiting for the application, as counted against `event_bytes`
     /// (including any a reader waiting for room already holds).
     pub fn event_bytes_in_flight(&self) -> usize {
-        self.inner.shared.events.budget.in_flight()
+        self.inner.event_bytes_in_flight()
     }
 
     /// Bytes queued across every peer now, as counted against `total_queue_bytes`.
     pub fn queued_bytes(&self) -> usize {
-        self.inner.budget.used()
+        self.inner.queued_bytes()
     }
 
     /// True while `peer` is banned.

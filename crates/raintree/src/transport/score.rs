@@ -270,14 +270,26 @@ mod tests {
         }
     }
 
+    /// Penalises `peer` `n` times at `now`; the verdicts, in order.
+    fn penalise_n(
+        s: &mut Scores,
+        peer: Address,
+        o: Offence,
+        n: usize,
+        now: Instant,
+    ) -> Vec<Verdict> {
+        (0..n).map(|_| s.penalise(peer, o, now)).collect()
+    }
+
     #[test]
     fn repeated_offences_ban_and_the_ban_expires() {
         let t0 = Instant::now();
         let mut s = Scores::new(cfg());
         let p = Address([1; 20]);
-        for _ in 0..9 {
-            assert_eq!(s.penalise(p, Offence::Forged, t0), Verdict::Scored);
-        }
+        assert_eq!(
+            penalise_n(&mut s, p, Offence::Forged, 9, t0),
+            [Verdict::Scored; 9]
+        );
         assert!(!s.is_banned(&p, t0));
         assert_eq!(s.penalise(p, Offence::Forged, t0), Verdict::Banned);
         assert!(s.is_banned(&p, t0));
@@ -302,9 +314,7 @@ mod tests {
         }
         assert!(s.score(&p, now) <= 50.0 + 1e-6);
         // The same offences back to back ban.
-        for _ in 0..3 {
-            s.penalise(p, Offence::Malformed, now);
-        }
+        penalise_n(&mut s, p, Offence::Malformed, 3, now);
         assert!(s.is_banned(&p, now));
     }
 
@@ -313,9 +323,7 @@ mod tests {
         let now = Instant::now();
         let mut s = Scores::new(cfg());
         let banned = Address([0; 20]);
-        for _ in 0..4 {
-            s.penalise(banned, Offence::Oversized, now);
-        }
+        penalise_n(&mut s, banned, Offence::Oversized, 4, now);
         assert!(s.is_banned(&banned, now));
         for i in 1..=200u8 {
             s.penalise(Address([i; 20]), Offence::Refused, now);
@@ -329,9 +337,7 @@ mod tests {
         let mut now = Instant::now();
         let mut s = Scores::new(cfg());
         for i in 0..50u8 {
-            for _ in 0..4 {
-                s.penalise(Address([i; 20]), Offence::Oversized, now);
-            }
+            penalise_n(&mut s, Address([i; 20]), Offence::Oversized, 4, now);
             assert!(s.peers.len() <= 4);
             now += Duration::from_millis(10);
         }
@@ -347,12 +353,8 @@ mod tests {
             ban_threshold: 0.0,
             ..cfg()
         });
-        for _ in 0..100 {
-            assert_eq!(
-                s.penalise(Address([3; 20]), Offence::Oversized, now),
-                Verdict::Scored
-            );
-        }
+        let verdicts = penalise_n(&mut s, Address([3; 20]), Offence::Oversized, 100, now);
+        assert_eq!(verdicts, [Verdict::Scored; 100]);
         assert_eq!(s.banned(now), 0);
     }
 }

@@ -5,21 +5,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::events::{Event, RefuseReason};
-use super::handshake::{self, HandshakeError};
-use super::registry::{Inner, Slot};
-use super::{lock, TransportError};
+use super::{Inner, Slot};
 use crate::net::{Listener, Net, Stream};
+use crate::transport::events::{Event, RefuseReason};
+use crate::transport::handshake::{self, HandshakeError};
+use crate::transport::{lock, TransportError};
 
 /// Binds the listener at `addr`.
-pub(crate) async fn bind(net: Net, addr: SocketAddr) -> Result<Listener, TransportError> {
+pub(super) async fn bind(net: Net, addr: SocketAddr) -> Result<Listener, TransportError> {
     Listener::bind(net, addr)
         .await
         .map_err(|source| TransportError::Bind { addr, source })
 }
 
 impl Inner {
-    pub(crate) async fn accept_loop(self: Arc<Self>, listener: Listener) {
+    pub(super) async fn accept_loop(self: Arc<Self>, listener: Listener) {
         let closing = self.shared.events.closing.clone();
         loop {
             let accepted = tokio::select! {
@@ -54,7 +54,7 @@ impl Inner {
         }
     }
 
-    pub(crate) fn refused(&self, remote: SocketAddr, reason: RefuseReason) {
+    fn refused(&self, remote: SocketAddr, reason: RefuseReason) {
         self.metrics().refuse(reason.label());
         tracing::debug!(%remote, ?reason, "inbound connection refused");
         // Never let a flood of refusals wait on the application.
@@ -95,12 +95,8 @@ impl Inner {
         }
         let peer = {
             let mut st = lock(&self.state);
-            let known = st.book.contains_key(&est.remote);
-            if !known && !self.config.open {
-                None
-            } else {
-                Some(self.peer_entry(&mut st, est.remote))
-            }
+            let known = self.listen_addr(&est.remote).is_some();
+            (known || self.config.open).then(|| self.peer_entry(&mut st, est.remote))
         };
         match peer {
             Some(p) => self.register(p, est, reader, w, true, slot).await,

@@ -1,32 +1,66 @@
-//! Dialling a peer and the doubling back-off after failed dials.
+//! Dialling a peer: claiming the dial, the doubling back-off after failed dials, and the
+//! initiator side of the handshake up to registering the connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use raintree_proto::Address;
 use tokio::time::Instant;
 
-use super::events::Event;
-use super::handshake::{self, HandshakeError};
-use super::registry::{Inner, Peer, Slot};
+use super::{Inner, Peer, PeerState, Slot, State};
 use crate::net::Stream;
+use crate::transport::events::{CloseReason, Event};
+use crate::transport::handshake::{self, HandshakeError};
+use crate::transport::SendError;
 
 /// The wait before the next dial after `failures` failed dials in a row: `base` doubling per
 /// failure, at most `max`.
-pub(crate) fn backoff(base: Duration, max: Duration, failures: u32) -> Duration {
+fn backoff(base: Duration, max: Duration, failures: u32) -> Duration {
     base.saturating_mul(1 << failures.min(16).saturating_sub(1))
         .min(max)
 }
 
+/// A dial claimed under the state and peer locks, to start once they are released.
+pub(super) struct Claimed {
+    addr: SocketAddr,
+    not_before: Option<Instant>,
+}
+
 impl Inner {
-    /// Dials `addr` expecting `peer`'s identity, after the backoff if one is pending.
-    pub(crate) async fn dial(
-        self: Arc<Self>,
-        peer: Arc<Peer>,
-        addr: SocketAddr,
-        not_before: Option<Instant>,
-        slot: Slot,
-    ) {
+    /// Claims a dial to `peer`: counts its outbound slot and marks the peer dialling, so
+    /// nobody else starts one. Fails if the book does not say where the peer listens or
+    /// `max_outbound` is reached.
+    pub(super) fn claim_dial(
+        &self,
+        st: &mut State,
+        q: &mut PeerState,
+        peer: Address,
+    ) -> Result<Claimed, SendError> {
+        let addr = self
+            .listen_addr(&peer)
+            .ok_or(SendError::UnknownPeer(peer))?;
+        if st.outbound >= self.config.max_outbound {
+            return Err(SendError::OutboundLimit);
+        }
+        st.outbound += 1;
+        q.dialing = true;
+        Ok(Claimed {
+            addr,
+            not_before: q.next_dial,
+        })
+    }
+
+    /// Starts a claimed dial (with no lock held: the slot takes the state lock when dropped).
+    pub(super) fn start_dial(self: &Arc<Self>, peer: Arc<Peer>, dial: Claimed) {
+        let slot = Slot::counted_outbound(self);
+        let task = Arc::clone(self).dial(peer, dial, slot);
+        self.shared.tracker.spawn(task);
+    }
+
+    /// Dials the claimed address expecting `peer`'s identity, after the backoff if one is pending.
+    async fn dial(self: Arc<Self>, peer: Arc<Peer>, dial: Claimed, slot: Slot) {
+        let Claimed { addr, not_before } = dial;
         if let Some(at) = not_before {
             tokio::select! {
                 _ = tokio::time::sleep_until(at) => {}
@@ -56,13 +90,11 @@ impl Inner {
                 tracing::debug!(peer = %peer.address, %addr, error = %e, "dial failed");
                 self.metrics().handshake_failed(e.label());
                 self.dial_failed(&peer, e.label());
-                let reason = format!("dial failed: {e}");
                 self.shared
                     .events
                     .emit(Event::ConnectionDown {
                         peer: peer.address,
-                        reason,
-                        lost: true,
+                        reason: CloseReason::DialFailed(e.to_string()),
                     })
                     .await;
             }
@@ -81,11 +113,7 @@ impl Inner {
         q.next_dial = Some(Instant::now() + wait);
         if q.current.is_none() {
             // Nobody can carry them: a later send redials after the backoff.
-            let n = q.queue.clear();
-            for _ in 0..n {
-                self.metrics().drop_msg("dial_failed");
-            }
-            q.fail_pending(self.closed_error());
+            q.abandon(self.metrics(), "dial_failed", self.closed_error());
         }
         tracing::trace!(peer = %peer.address, why, "dial slot released");
     }

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::registry::Inner;
-use super::{lock, RequestError};
+use super::Inner;
+use crate::transport::events::CloseReason;
+use crate::transport::{lock, RequestError};
 
 /// What a shutdown achieved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -49,7 +50,7 @@ impl Inner {
             let q = p.lock();
             connections += q.conns;
             if let Some(c) = &q.current {
-                c.close_with("shutdown");
+                c.close_with(CloseReason::Shutdown);
             }
         }
         tracker.close();

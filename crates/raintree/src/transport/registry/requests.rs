@@ -9,8 +9,8 @@ use raintree_proto::wire::Message;
 use raintree_proto::Address;
 use tokio::sync::oneshot;
 
-use super::registry::Inner;
-use super::{lock, RequestError, SendError};
+use super::Inner;
+use crate::transport::{lock, RequestError, SendError};
 
 impl Inner {
     pub(crate) async fn request(
