@@ -18,12 +18,12 @@ use rand::RngCore;
 
 use crate::broadcast::{Engine, EngineError, Misbehaviour, Output};
 use crate::peers::{Address, PeerList};
-use crate::wire::{Message, MessageId};
+use crate::wire::{BroadcastMessage, MessageId};
 
 /// Where a step's outputs go.
 pub trait Sink {
     /// The engine sends `message` to `to`.
-    fn send(&mut self, to: Address, message: Message);
+    fn send(&mut self, to: Address, message: BroadcastMessage);
     /// The engine hands a payload to the application (once per id).
     fn deliver(&mut self, id: MessageId, payload: Bytes, origin_time_us: u64, hops: u32);
     /// `peer` sent something no correct peer sends (already counted in the engine's stats).
@@ -40,7 +40,7 @@ pub enum Input {
         /// The sender.
         from: Address,
         /// The message.
-        message: Message,
+        message: BroadcastMessage,
     },
     /// The transport found `peer` gone (refused dial, reset, handshake failure).
     Unreachable(Address),
@@ -151,12 +151,12 @@ mod tests {
 
     #[derive(Default)]
     struct Record {
-        sent: Vec<(Address, Message)>,
+        sent: Vec<(Address, BroadcastMessage)>,
         delivered: Vec<MessageId>,
     }
 
     impl Sink for Record {
-        fn send(&mut self, to: Address, message: Message) {
+        fn send(&mut self, to: Address, message: BroadcastMessage) {
             self.sent.push((to, message));
         }
         fn deliver(&mut self, id: MessageId, _: Bytes, _: u64, _: u32) {
@@ -216,10 +216,11 @@ mod tests {
         };
         step(&mut e[0], Duration::ZERO, input, &mut out);
         let one = list.get(1).unwrap();
-        let Some((_, Message::Gossip(g))) = out.sent.iter().find(|(to, _)| *to == one) else {
+        let Some((_, BroadcastMessage::Gossip(g))) = out.sent.iter().find(|(to, _)| *to == one)
+        else {
             panic!("no copy to node 1: {:?}", out.sent);
         };
-        let ack = Message::Ack {
+        let ack = BroadcastMessage::Ack {
             id: g.id,
             level_or_range: g.level_or_range,
         };

@@ -19,4 +19,4 @@ pub mod pb {
 }
 
 pub use peers::{Address, PeerList};
-pub use wire::{Message, MessageId};
+pub use wire::{BroadcastMessage, Message, MessageId};

@@ -601,6 +601,27 @@ mod tests {
     }
 
     #[test]
+    fn only_broadcast_messages_reach_an_engine() {
+        for m in samples() {
+            match BroadcastMessage::try_from(m.clone()) {
+                Ok(b) => {
+                    assert_eq!(b.kind(), m.kind());
+                    assert_eq!(Message::from(b), m, "the conversion loses nothing");
+                }
+                Err(back) => {
+                    assert!(matches!(
+                        back,
+                        Message::Request { .. }
+                            | Message::Response { .. }
+                            | Message::Goodbye { .. }
+                    ));
+                    assert_eq!(back, m);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn every_kind_round_trips() {
         for m in samples() {
             let back = decode(encode(&m), DEFAULT_MAX_PAYLOAD).unwrap();

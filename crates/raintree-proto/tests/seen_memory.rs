@@ -10,7 +10,7 @@ use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use raintree_proto::broadcast::{Config, Engine, Output, SEEN_ENTRY_BYTES, TOMBSTONE_BYTES};
 use raintree_proto::wire::Gossip;
-use raintree_proto::{Address, Message, PeerList};
+use raintree_proto::{Address, BroadcastMessage, PeerList};
 
 struct Counting;
 
@@ -75,7 +75,7 @@ fn copies(
             .filter_map(|o| match o {
                 Output::Send {
                     to,
-                    message: Message::Gossip(g),
+                    message: BroadcastMessage::Gossip(g),
                 } => Some((to, g)),
                 _ => None,
             })
@@ -113,7 +113,7 @@ fn bytes_per_entry(
         e.handle_message(
             Duration::from_millis(i as u64),
             from,
-            Message::Gossip(fresh),
+            BroadcastMessage::Gossip(fresh),
         )
         .unwrap();
         while e.poll_output().is_some() {}
@@ -191,7 +191,8 @@ fn a_steady_stream_levels_off_one_seen_ttl_in() {
             ..g.clone()
         };
         e.handle_timeout(now);
-        e.handle_message(now, from, Message::Gossip(fresh)).unwrap();
+        e.handle_message(now, from, BroadcastMessage::Gossip(fresh))
+            .unwrap();
         while e.poll_output().is_some() {}
         let live = LIVE.load(Ordering::Relaxed) - base;
         if now < ttl {

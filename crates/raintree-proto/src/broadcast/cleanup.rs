@@ -12,7 +12,7 @@ use super::engine::{Ctx, Engine};
 use super::ledger::{Awaiting, Ledger, Match, OfferKind, Outcome};
 use super::timers::TimerKind;
 use crate::peers::Address;
-use crate::wire::{Message, MessageId, Route};
+use crate::wire::{BroadcastMessage, MessageId, Route};
 
 /// Where this node's IGYW chain for one message stands.
 #[derive(Clone, Debug)]
@@ -109,7 +109,8 @@ impl<R: RngCore> Engine<R> {
             let until = now.saturating_add(cfg.igyw_timeout);
             self.core.wanted.note(id, until);
         }
-        self.core.send(from, Message::IgywReply { id, want });
+        self.core
+            .send(from, BroadcastMessage::IgywReply { id, want });
         // Only a holder of the payload can serve the WANTs its offers may bring.
         if self.seen.get(&id).is_some_and(|e| e.held.holds()) {
             self.with_entry(now, id, |ctx| ctx.answer_for_offer(span));
@@ -246,7 +247,7 @@ impl Ctx<'_> {
         if self.e.held.shed() {
             return;
         }
-        self.send(to, Message::Igyw { id: self.id, span });
+        self.send(to, BroadcastMessage::Igyw { id: self.id, span });
         let at = self.now.saturating_add(self.offer_wait(&to));
         self.await_answer(to, Awaiting::Offer { kind, offset, span }, at);
     }

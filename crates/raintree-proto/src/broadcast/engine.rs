@@ -23,7 +23,7 @@ use super::seen::{Entry, Facts, SeenSet, Share};
 use super::timers::{Timer, TimerKind, Timers};
 use super::{auth, Config, EngineError, Output, Stats};
 use crate::peers::{Address, PeerList};
-use crate::wire::{payload_hash, Message, MessageId};
+use crate::wire::{payload_hash, BroadcastMessage, MessageId};
 
 /// Node-wide state: what every message's duties share.
 #[derive(Debug)]
@@ -44,12 +44,12 @@ pub(super) struct Core {
 
 impl Core {
     /// Queues `message` for `to`, counting it.
-    pub fn send(&mut self, to: Address, message: Message) {
+    pub fn send(&mut self, to: Address, message: BroadcastMessage) {
         match &message {
-            Message::Gossip(_) => self.stats.gossip_sent += 1,
-            Message::Ack { .. } => self.stats.acks_sent += 1,
-            Message::Igyw { .. } => self.stats.igyw_sent += 1,
-            _ => {}
+            BroadcastMessage::Gossip(_) => self.stats.gossip_sent += 1,
+            BroadcastMessage::Ack { .. } => self.stats.acks_sent += 1,
+            BroadcastMessage::Igyw { .. } => self.stats.igyw_sent += 1,
+            BroadcastMessage::IgywReply { .. } | BroadcastMessage::Direct { .. } => {}
         }
         self.outputs.push_back(Output::Send { to, message });
     }
@@ -72,7 +72,7 @@ pub(super) struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// Queues `message` for `to`.
-    pub fn send(&mut self, to: Address, message: Message) {
+    pub fn send(&mut self, to: Address, message: BroadcastMessage) {
         self.node.send(to, message);
     }
 
@@ -83,7 +83,7 @@ impl Ctx<'_> {
     }
 
     /// The copy of this message this node sends, marked `lor`, on `route`.
-    pub fn copy(&self, lor: u32, route: crate::wire::Route) -> Message {
+    pub fn copy(&self, lor: u32, route: crate::wire::Route) -> BroadcastMessage {
         let payload = self.e.held.payload().clone();
         self.e
             .facts
@@ -219,7 +219,7 @@ impl<R: RngCore> Engine<R> {
         &mut self,
         now: Duration,
         from: Address,
-        msg: Message,
+        msg: BroadcastMessage,
     ) -> Result<(), EngineError> {
         // Anything from a peer shows it is up, whatever the message; what it missed while it
         // was failing is offered to it again.
@@ -228,23 +228,20 @@ impl<R: RngCore> Engine<R> {
             self.with_entry_seq(now, id, seq, |ctx| ctx.repay(from));
         }
         let r = match msg {
-            Message::Gossip(g) => self.on_gossip(now, from, g),
-            Message::Ack { id, level_or_range } => {
+            BroadcastMessage::Gossip(g) => self.on_gossip(now, from, g),
+            BroadcastMessage::Ack { id, level_or_range } => {
                 self.with_entry(now, id, |ctx| ctx.on_ack(from, level_or_range));
                 Ok(())
             }
-            Message::Igyw { id, span } => {
+            BroadcastMessage::Igyw { id, span } => {
                 self.on_igyw(now, from, id, span);
                 Ok(())
             }
-            Message::IgywReply { id, want } => {
+            BroadcastMessage::IgywReply { id, want } => {
                 self.with_entry(now, id, |ctx| ctx.on_igyw_reply(from, want));
                 Ok(())
             }
-            Message::Direct { id, payload } => self.on_direct(now, from, id, payload),
-            Message::Request { .. } => self.reject(EngineError::Unexpected("request")),
-            Message::Response { .. } => self.reject(EngineError::Unexpected("response")),
-            Message::Goodbye { .. } => self.reject(EngineError::Unexpected("goodbye")),
+            BroadcastMessage::Direct { id, payload } => self.on_direct(now, from, id, payload),
         };
         self.prune_stale();
         r

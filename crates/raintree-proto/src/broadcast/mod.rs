@@ -57,7 +57,7 @@ pub const HELD_ENTRY_BYTES: usize = 1536;
 pub(crate) use auth::sign as sign_for_sim;
 
 use crate::peers::Address;
-use crate::wire::{Message, MessageId, Strategy};
+use crate::wire::{BroadcastMessage, MessageId, Strategy};
 
 /// What the engine asks its driver to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,7 +67,7 @@ pub enum Output {
         /// The receiver.
         to: Address,
         /// The message.
-        message: Message,
+        message: BroadcastMessage,
     },
     /// Hand a payload to the application; happens exactly once per id.
     Deliver {
@@ -135,9 +135,6 @@ pub enum EngineError {
         /// Theirs.
         got: Strategy,
     },
-    /// A message kind the engine does not handle (request, response, goodbye).
-    #[error("unexpected message: {0}")]
-    Unexpected(&'static str),
     /// A copy whose origin is not proven; the driver should penalise the connection it came on.
     #[error("forged message: {0}")]
     Forged(&'static str),

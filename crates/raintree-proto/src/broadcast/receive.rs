@@ -13,7 +13,7 @@ use super::engine::{Ctx, Engine};
 use super::seen::{Entry, Facts};
 use super::{auth, EngineError, Misbehaviour, Output};
 use crate::peers::Address;
-use crate::wire::{payload_hash, Gossip, Message, MessageId, Route, Strategy};
+use crate::wire::{payload_hash, BroadcastMessage, Gossip, MessageId, Route, Strategy};
 
 impl<R: RngCore> Engine<R> {
     /// A gossip copy `g` from `from`.
@@ -139,7 +139,7 @@ impl<R: RngCore> Engine<R> {
     /// ACKs a tree copy when ACKs are on.
     fn acknowledge(&mut self, to: Address, g: &Gossip, received: u32) {
         if g.route == Route::Tree && self.core.config.acks {
-            let ack = Message::Ack {
+            let ack = BroadcastMessage::Ack {
                 id: g.id,
                 level_or_range: received,
             };

@@ -13,7 +13,7 @@ use super::invariants::InvariantViolation;
 use super::ledger::Ledger;
 use super::timers::TimerKind;
 use crate::peers::Address;
-use crate::wire::{Gossip, Message, MessageId, OriginSignature, Route, Strategy};
+use crate::wire::{BroadcastMessage, Gossip, MessageId, OriginSignature, Route, Strategy};
 
 /// What a message is, fixed when it is first seen: the view it travels on and what its copies
 /// carry besides the payload.
@@ -66,8 +66,8 @@ impl Facts {
         strategy: Strategy,
         lor: u32,
         route: Route,
-    ) -> Message {
-        Message::Gossip(Gossip {
+    ) -> BroadcastMessage {
+        BroadcastMessage::Gossip(Gossip {
             id,
             level_or_range: lor,
             strategy,

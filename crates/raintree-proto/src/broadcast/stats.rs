@@ -96,7 +96,7 @@ engine_stats! {
     igyw_have,
     /// Full messages sent after a WANT.
     cleanup_sends,
-    /// Messages refused (wrong strategy, oversized, unexpected kind).
+    /// Messages refused (wrong strategy, oversized).
     rejected,
     /// Seen-set entries dropped for capacity before their age limit.
     evicted,

@@ -7,7 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::broadcast::ParseEnumError;
-use crate::wire::{Message, Route};
+use crate::wire::{BroadcastMessage, Route};
 
 /// How hostile nodes misbehave (`raintree sim --hostile`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -58,17 +58,22 @@ pub(crate) const INJECTIONS: usize = 3;
 
 /// What a hostile node sends instead of `msg` to the node `d` places after it in a network of
 /// `n`; `None` drops it.
-pub(crate) fn rewrite(h: Hostile, msg: Message, d: usize, n: usize) -> Option<Message> {
+pub(crate) fn rewrite(
+    h: Hostile,
+    msg: BroadcastMessage,
+    d: usize,
+    n: usize,
+) -> Option<BroadcastMessage> {
     match (h, msg) {
-        (Hostile::Blackhole, Message::Gossip(_) | Message::Igyw { .. }) => None,
-        (Hostile::Blackhole, Message::IgywReply { id, .. }) => {
-            Some(Message::IgywReply { id, want: false })
+        (Hostile::Blackhole, BroadcastMessage::Gossip(_) | BroadcastMessage::Igyw { .. }) => None,
+        (Hostile::Blackhole, BroadcastMessage::IgywReply { id, .. }) => {
+            Some(BroadcastMessage::IgywReply { id, want: false })
         }
-        (Hostile::Inflate, Message::Gossip(mut g)) if g.route == Route::Tree => {
+        (Hostile::Inflate, BroadcastMessage::Gossip(mut g)) if g.route == Route::Tree => {
             g.level_or_range = g
                 .level_or_range
                 .max(u32::try_from(n - d).unwrap_or(u32::MAX));
-            Some(Message::Gossip(g))
+            Some(BroadcastMessage::Gossip(g))
         }
         (_, m) => Some(m),
     }

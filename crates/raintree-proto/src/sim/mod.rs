@@ -38,7 +38,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::broadcast::{Config, EngineError, Redundancy, Stats};
 use crate::drive::{self, Sink};
 use crate::peers::{Address, PeerList};
-use crate::wire::{Message, MessageId, Strategy};
+use crate::wire::{BroadcastMessage, MessageId, Strategy};
 pub use hostile::Hostile;
 use queue::{EventKind, Queue};
 use seed::SplitMix64;
@@ -394,7 +394,7 @@ struct NodeOut<'s, 'a> {
 }
 
 impl Sink for NodeOut<'_, '_> {
-    fn send(&mut self, to: Address, message: Message) {
+    fn send(&mut self, to: Address, message: BroadcastMessage) {
         let (sim, i) = (&mut *self.sim, self.i);
         if !sim.hostile[i] {
             sim.send(i, to, message);
@@ -404,12 +404,12 @@ impl Sink for NodeOut<'_, '_> {
         let n = sim.cfg.nodes;
         let j = sim.list.position(&to).unwrap_or(i);
         let d = (j + n - i) % n;
-        if let Message::Gossip(g) = &message {
+        if let BroadcastMessage::Gossip(g) = &message {
             if sim.cfg.hostile == Hostile::Inflate {
                 sim.inflated.insert((g.id, i, j), g.level_or_range);
             }
         }
-        let gossip = matches!(message, Message::Gossip(_));
+        let gossip = matches!(message, BroadcastMessage::Gossip(_));
         match hostile::rewrite(sim.cfg.hostile, message, d, n) {
             Some(m) => sim.send(i, to, m),
             None => sim.withheld += u64::from(gossip),
@@ -649,24 +649,24 @@ impl<'a> Sim<'a> {
     }
 
     /// Marks activity of the broadcast a message belongs to.
-    fn touch(&mut self, msg: &Message, sent: bool) {
+    fn touch(&mut self, msg: &BroadcastMessage, sent: bool) {
         let id = match msg {
-            Message::Gossip(g) => g.id,
-            Message::Ack { id, .. } | Message::Igyw { id, .. } | Message::IgywReply { id, .. } => {
-                *id
-            }
+            BroadcastMessage::Gossip(g) => g.id,
+            BroadcastMessage::Ack { id, .. }
+            | BroadcastMessage::Igyw { id, .. }
+            | BroadcastMessage::IgywReply { id, .. } => *id,
             _ => return,
         };
         if let Some(&b) = self.by_id.get(&id) {
             let t = &mut self.tracked[b];
             t.last = t.last.max(self.now);
-            if sent && matches!(msg, Message::Gossip(_)) {
+            if sent && matches!(msg, BroadcastMessage::Gossip(_)) {
                 t.sends += 1;
             }
         }
     }
 
-    fn arrive(&mut self, from: usize, to: usize, msg: Message) -> Result<(), SimError> {
+    fn arrive(&mut self, from: usize, to: usize, msg: BroadcastMessage) -> Result<(), SimError> {
         if !self.up(to) {
             if self.cfg.failure == Failure::Refused {
                 let at = self.now + self.link_delay();
@@ -681,12 +681,15 @@ impl<'a> Sim<'a> {
             return Ok(());
         }
         self.touch(&msg, false);
-        if matches!(msg, Message::Gossip(_) | Message::Direct { .. }) {
+        if matches!(
+            msg,
+            BroadcastMessage::Gossip(_) | BroadcastMessage::Direct { .. }
+        ) {
             self.reads[to] += 1;
             self.copies += 1;
         }
         let mut msg = msg;
-        if let Message::Ack { id, level_or_range } = &mut msg {
+        if let BroadcastMessage::Ack { id, level_or_range } = &mut msg {
             if let Some(lor) = self.inflated.get(&(*id, to, from)) {
                 *level_or_range = *lor;
             }
@@ -775,7 +778,7 @@ impl<'a> Sim<'a> {
             let to = self.list.as_slice()[j];
             if !forge {
                 // Fresh ids of its own, each delivered wherever it lands and never forwarded.
-                self.send(i, to, Message::Direct { id, payload });
+                self.send(i, to, BroadcastMessage::Direct { id, payload });
                 continue;
             }
             self.forged.insert(id);
@@ -789,7 +792,7 @@ impl<'a> Sim<'a> {
                 payload,
                 signature,
             };
-            self.send(i, to, Message::Gossip(g));
+            self.send(i, to, BroadcastMessage::Gossip(g));
         }
     }
 
@@ -803,12 +806,15 @@ impl<'a> Sim<'a> {
         nanos(self.cfg.latency) + extra
     }
 
-    fn send(&mut self, from: usize, to: Address, msg: Message) {
+    fn send(&mut self, from: usize, to: Address, msg: BroadcastMessage) {
         let Some(j) = self.list.position(&to) else {
             return;
         };
         self.touch(&msg, true);
-        if matches!(msg, Message::Gossip(_) | Message::Direct { .. }) {
+        if matches!(
+            msg,
+            BroadcastMessage::Gossip(_) | BroadcastMessage::Direct { .. }
+        ) {
             self.writes[from] += 1;
         }
         if self.cfg.loss_percent > 0.0 && self.rng.gen::<f64>() * 100.0 < self.cfg.loss_percent {

@@ -3,13 +3,17 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-use crate::wire::Message;
+use crate::wire::BroadcastMessage;
 
 /// What happens at an instant of simulated time.
 #[derive(Debug)]
 pub(crate) enum EventKind {
     /// `msg` from node `from` arrives at node `to`.
-    Arrive { from: u32, to: u32, msg: Message },
+    Arrive {
+        from: u32,
+        to: u32,
+        msg: BroadcastMessage,
+    },
     /// Node `node`'s engine asked to be woken now.
     Timer { node: u32 },
     /// Node `from` learns that its message to `to` was refused (`to` is down).

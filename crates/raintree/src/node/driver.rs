@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use raintree_proto::broadcast::{Engine, EngineError, Misbehaviour, Stats};
 use raintree_proto::drive::{self, Input, Sink};
-use raintree_proto::wire::{Message, MessageId};
+use raintree_proto::wire::{BroadcastMessage, MessageId};
 use raintree_proto::Address;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -114,6 +114,15 @@ impl Driver {
         match ev {
             Event::Message { peer, message } => {
                 let kind = message.kind();
+                let message = match BroadcastMessage::try_from(message) {
+                    Ok(m) => m,
+                    Err(_) => {
+                        // The transport hands on only what it does not handle itself.
+                        tracing::debug!(%peer, kind, "transport message where a broadcast was due");
+                        self.transport.penalise(peer, Offence::Refused);
+                        return;
+                    }
+                };
                 let input = Input::Message {
                     from: peer,
                     message,
@@ -173,8 +182,8 @@ struct Outputs<'a> {
 }
 
 impl Sink for Outputs<'_> {
-    fn send(&mut self, to: Address, message: Message) {
-        self.transport.write(to, message);
+    fn send(&mut self, to: Address, message: BroadcastMessage) {
+        self.transport.write(to, message.into());
     }
 
     fn misbehaved(&mut self, peer: Address, reason: Misbehaviour) {
@@ -280,9 +289,9 @@ fn offence(e: &EngineError) -> Option<Offence> {
         EngineError::Forged(_) => Some(Offence::Forged),
         EngineError::ImpossibleRange { .. } => Some(Offence::ImpossibleRange),
         EngineError::Flood { own: true } => Some(Offence::Flood),
-        EngineError::StrategyMismatch { .. }
-        | EngineError::Unexpected(_)
-        | EngineError::PayloadTooLarge { .. } => Some(Offence::Refused),
+        EngineError::StrategyMismatch { .. } | EngineError::PayloadTooLarge { .. } => {
+            Some(Offence::Refused)
+        }
         // A full seen-set, or an origin over its share, refuses honest relays of someone
         // else's flood too.
         EngineError::SeenSetFull

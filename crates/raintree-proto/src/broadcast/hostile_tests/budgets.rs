@@ -51,14 +51,14 @@ fn eviction_takes_an_idle_entry_before_a_busy_one() {
         .filter_map(|o| match o {
             Output::Send {
                 to,
-                message: Message::Gossip(g),
+                message: BroadcastMessage::Gossip(g),
             } => Some((to, g.level_or_range)),
             _ => None,
         })
         .collect();
     let e = &mut net.engines[0];
     for nonce in [1, 2] {
-        let m = Message::Direct {
+        let m = BroadcastMessage::Direct {
             id: MessageId {
                 origin: peer,
                 nonce,
@@ -74,7 +74,7 @@ fn eviction_takes_an_idle_entry_before_a_busy_one() {
         e.handle_message(
             T0,
             to,
-            Message::Ack {
+            BroadcastMessage::Ack {
                 id: busy,
                 level_or_range: lor,
             },
@@ -154,7 +154,7 @@ fn held_under_silence(budget: usize, count: usize) -> (Engine, usize, usize) {
         assert_eq!(to, v, "the same part of the tree every time");
         let now = Duration::from_millis(i as u64);
         victim
-            .handle_message(now, from, Message::Gossip(g))
+            .handle_message(now, from, BroadcastMessage::Gossip(g))
             .unwrap();
         forwarded += sent_gossip(&mut victim).len();
         most = most.max(victim.held_bytes());
@@ -268,12 +268,12 @@ fn flood_then_honest(share: usize, flood_sender: usize) -> (Vec<Result<(), Engin
     let t = Duration::from_millis(1);
     for g in flood {
         assert_eq!(g.id.origin, flooder);
-        let _ = victim.handle_message(t, sender, Message::Gossip(g));
+        let _ = victim.handle_message(t, sender, BroadcastMessage::Gossip(g));
     }
     let _ = outputs(&mut victim);
     let got = honest
         .into_iter()
-        .map(|g| victim.handle_message(t, honest_origin, Message::Gossip(g)))
+        .map(|g| victim.handle_message(t, honest_origin, BroadcastMessage::Gossip(g)))
         .collect();
     (got, victim)
 }
@@ -309,7 +309,7 @@ fn a_relay_of_a_flood_is_refused_without_blame_and_still_acked() {
     let victim = &mut victim;
     let mut refused = 0;
     for g in flood {
-        match victim.handle_message(T0, relay, Message::Gossip(g.clone())) {
+        match victim.handle_message(T0, relay, BroadcastMessage::Gossip(g.clone())) {
             Ok(()) => {}
             Err(e) => {
                 assert_eq!(e, EngineError::Flood { own: false });
@@ -319,7 +319,7 @@ fn a_relay_of_a_flood_is_refused_without_blame_and_still_acked() {
                 assert!(
                     acks.iter().any(|o| matches!(
                         o,
-                        Output::Send { to, message: Message::Ack { id, .. } }
+                        Output::Send { to, message: BroadcastMessage::Ack { id, .. } }
                             if *to == relay && *id == g.id
                     )),
                     "no ACK for a refused relay: {acks:?}"
@@ -350,14 +350,14 @@ fn kept_and_delivered_payloads_do_not_pin_the_receive_buffer() {
     let from = net.list.get(0).unwrap();
     let victim = &mut net.engines[v];
     victim
-        .handle_message(T0, from, Message::Gossip(sliced))
+        .handle_message(T0, from, BroadcastMessage::Gossip(sliced))
         .unwrap();
     let mut payloads = Vec::new();
     for o in outputs(victim) {
         match o {
             Output::Deliver { payload, .. } => payloads.push(payload),
             Output::Send {
-                message: Message::Gossip(g),
+                message: BroadcastMessage::Gossip(g),
                 ..
             } => payloads.push(g.payload),
             _ => {}

@@ -54,7 +54,7 @@ fn forged_origins_are_dropped_before_they_are_seen_acked_or_delivered() {
     let forgeries = forgeries_of(&real);
     let victim = &mut net.engines[5];
     for (i, f) in forgeries.iter().enumerate() {
-        let r = victim.handle_message(T0, from, Message::Gossip(f.clone()));
+        let r = victim.handle_message(T0, from, BroadcastMessage::Gossip(f.clone()));
         assert!(
             matches!(r, Err(EngineError::Forged(_))),
             "forgery {i}: {r:?}"
@@ -69,7 +69,7 @@ fn forged_origins_are_dropped_before_they_are_seen_acked_or_delivered() {
     assert_eq!(victim.stats().deliveries, 0);
     // The real broadcast is still delivered, with its own bytes.
     victim
-        .handle_message(T0, from, Message::Gossip(real.clone()))
+        .handle_message(T0, from, BroadcastMessage::Gossip(real.clone()))
         .unwrap();
     let delivered: Vec<Bytes> = outputs(victim)
         .into_iter()
@@ -99,7 +99,11 @@ fn released_leaf() -> (Net, Gossip, usize) {
     };
     let x = 13;
     net.engines[x]
-        .handle_message(T0, net.list.get(0).unwrap(), Message::Gossip(leaf.clone()))
+        .handle_message(
+            T0,
+            net.list.get(0).unwrap(),
+            BroadcastMessage::Gossip(leaf.clone()),
+        )
         .unwrap();
     assert_eq!(
         outputs(&mut net.engines[x]).len(),
@@ -118,7 +122,7 @@ fn a_duplicate_never_substitutes_its_payload() {
         payload: Bytes::from_static(b"evil"),
         ..leaf.clone()
     };
-    let r = net.engines[x].handle_message(T0, from, Message::Gossip(evil));
+    let r = net.engines[x].handle_message(T0, from, BroadcastMessage::Gossip(evil));
     assert_eq!(
         r,
         Err(EngineError::Forged(
@@ -137,13 +141,13 @@ fn a_duplicate_never_substitutes_its_payload() {
         ..leaf.clone()
     };
     net.engines[x]
-        .handle_message(T0, from, Message::Gossip(honest))
+        .handle_message(T0, from, BroadcastMessage::Gossip(honest))
         .unwrap();
     let sent: Vec<Gossip> = outputs(&mut net.engines[x])
         .into_iter()
         .filter_map(|o| match o {
             Output::Send {
-                message: Message::Gossip(g),
+                message: BroadcastMessage::Gossip(g),
                 ..
             } => Some(g),
             _ => None,
@@ -162,7 +166,7 @@ fn a_duplicate_never_substitutes_its_payload() {
 fn direct_messages_are_accepted_only_in_the_senders_name() {
     let mut net = Net::new(4, exact());
     let (a, b) = (net.list.get(1).unwrap(), net.list.get(2).unwrap());
-    let spoofed = Message::Direct {
+    let spoofed = BroadcastMessage::Direct {
         id: MessageId {
             origin: b,
             nonce: 5,
@@ -215,7 +219,7 @@ fn reference_levels_above_l_are_refused() {
         ..real.clone()
     };
     assert_eq!(
-        e.handle_message(T0, from, Message::Gossip(too_high)),
+        e.handle_message(T0, from, BroadcastMessage::Gossip(too_high)),
         Err(EngineError::ImpossibleRange { got: 4, max: 3 })
     );
     assert!(outputs(e).is_empty(), "no ACK, no delivery");
@@ -225,6 +229,7 @@ fn reference_levels_above_l_are_refused() {
         level_or_range: 3,
         ..real
     };
-    e.handle_message(T0, from, Message::Gossip(top)).unwrap();
+    e.handle_message(T0, from, BroadcastMessage::Gossip(top))
+        .unwrap();
     assert_eq!(e.stats().deliveries, 1);
 }

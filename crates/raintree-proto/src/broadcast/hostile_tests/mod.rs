@@ -24,7 +24,7 @@ fn sent_gossip<R: rand::RngCore>(e: &mut Engine<R>) -> Vec<(Address, Gossip)> {
         .filter_map(|o| match o {
             Output::Send {
                 to,
-                message: Message::Gossip(g),
+                message: BroadcastMessage::Gossip(g),
             } => Some((to, g)),
             _ => None,
         })

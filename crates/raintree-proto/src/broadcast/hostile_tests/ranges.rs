@@ -19,7 +19,7 @@ fn exact_tree_run(n: usize) -> (Net, Vec<(usize, usize, u32)>, Gossip) {
     let mut copies = Vec::new();
     let mut template = None;
     while let Some((from, to, m)) = net.queue.pop_front() {
-        if let Message::Gossip(g) = &m {
+        if let BroadcastMessage::Gossip(g) = &m {
             copies.push((from, to, g.level_or_range));
             template.get_or_insert_with(|| g.clone());
         }
@@ -38,7 +38,7 @@ fn sent_ranges(e: &mut Engine, list: &PeerList, me: usize) -> Vec<(usize, u32)> 
         .filter_map(|o| match o {
             Output::Send {
                 to,
-                message: Message::Gossip(c),
+                message: BroadcastMessage::Gossip(c),
             } => Some(((list.position(&to).unwrap() + n - me) % n, c.level_or_range)),
             _ => None,
         })
@@ -66,7 +66,7 @@ fn an_inflated_range_from_the_parent_is_cut_to_the_part_it_could_give() {
         level_or_range: 27 - x as u32,
         ..real.clone()
     };
-    e.handle_message(T0, from, Message::Gossip(inflated.clone()))
+    e.handle_message(T0, from, BroadcastMessage::Gossip(inflated.clone()))
         .unwrap();
     assert_eq!(e.stats().impossible, 1);
     assert_eq!(e.stats().deliveries, 1);
@@ -80,7 +80,7 @@ fn an_inflated_range_from_the_parent_is_cut_to_the_part_it_could_give() {
         .iter()
         .filter_map(|o| match o {
             Output::Send {
-                message: Message::Gossip(c),
+                message: BroadcastMessage::Gossip(c),
                 ..
             } => Some(c.level_or_range),
             _ => None,
@@ -93,7 +93,8 @@ fn an_inflated_range_from_the_parent_is_cut_to_the_part_it_could_give() {
             level_or_range: r,
             ..real.clone()
         };
-        e.handle_message(T0, from, Message::Gossip(g)).unwrap();
+        e.handle_message(T0, from, BroadcastMessage::Gossip(g))
+            .unwrap();
         assert!(sent_ranges(e, &list, x).is_empty());
     }
 }
@@ -121,7 +122,7 @@ fn a_re_delegation_forwards_only_the_new_part() {
         level_or_range: bound + 1,
         ..template.clone()
     };
-    e.handle_message(T0, from, Message::Gossip(g.clone()))
+    e.handle_message(T0, from, BroadcastMessage::Gossip(g.clone()))
         .unwrap();
     assert_eq!(e.stats().impossible, 1);
     let sent = sent_ranges(e, &list, x);
@@ -132,6 +133,7 @@ fn a_re_delegation_forwards_only_the_new_part() {
     // Exactly the new part, once; a re-split from scratch would hand out `bound - 1`.
     assert_eq!(sent.iter().map(|s| s.1).sum::<u32>(), bound - range);
     // The same copy again is nothing new.
-    e.handle_message(T0, from, Message::Gossip(g)).unwrap();
+    e.handle_message(T0, from, BroadcastMessage::Gossip(g))
+        .unwrap();
     assert!(sent_ranges(e, &list, x).is_empty());
 }

@@ -9,12 +9,7 @@ fn redundancy_fills_tree_gaps_along_the_ring() {
         acks: false,
         ..reference()
     };
-    let mut plain = Net::new(27, base.clone());
-    plain.dead[9] = true;
-    plain.engines[0]
-        .broadcast(T0, Bytes::from_static(b"x"), 0)
-        .unwrap();
-    plain.run(T0);
+    let plain = broadcast_with_dead(27, base.clone(), &[9], b"x");
     let missed = plain.delivered[1..].iter().filter(|&&d| d == 0).count();
     assert!(missed > 1);
     let mut net = Net::new(
@@ -44,12 +39,7 @@ fn igyw_chain_skips_dead_neighbours_and_fills_gaps() {
         igyw_skip_limit: 2,
         ..Config::default()
     };
-    let mut net = Net::new(27, config);
-    net.dead[9] = true;
-    net.engines[0]
-        .broadcast(T0, Bytes::from_static(b"x"), 0)
-        .unwrap();
-    net.run(T0);
+    let mut net = broadcast_with_dead(27, config, &[9], b"x");
     net.run_timers(Duration::from_secs(10));
     for i in 1..27 {
         assert_eq!(net.delivered[i], u32::from(i != 9), "position {i}");
@@ -74,7 +64,7 @@ fn seen_set_is_bounded_and_expires_after_timers() {
         ..Config::default()
     };
     let mut e = Engine::new(config, me, list, rng(0)).unwrap();
-    let direct = |nonce| Message::Direct {
+    let direct = |nonce| BroadcastMessage::Direct {
         id: MessageId {
             origin: from,
             nonce,

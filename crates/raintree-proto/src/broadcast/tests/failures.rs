@@ -10,13 +10,13 @@ fn reference_resends_to_neighbours_of_a_dead_target() {
     let mut sends = 0;
     while let Some(Output::Send {
         to,
-        message: Message::Gossip(g),
+        message: BroadcastMessage::Gossip(g),
     }) = e.poll_output()
     {
         sends += 1;
         // Everyone but position 9 (the first level-3 target) acknowledges.
         if list.position(&to) != Some(9) {
-            let ack = Message::Ack {
+            let ack = BroadcastMessage::Ack {
                 id: g.id,
                 level_or_range: g.level_or_range,
             };
@@ -33,7 +33,7 @@ fn reference_resends_to_neighbours_of_a_dead_target() {
         .filter_map(|o| match o {
             Output::Send {
                 to,
-                message: Message::Gossip(g),
+                message: BroadcastMessage::Gossip(g),
             } => Some((list.position(&to), g.level_or_range, g.route)),
             _ => None,
         })
@@ -53,12 +53,7 @@ fn reference_resends_to_neighbours_of_a_dead_target() {
 
 #[test]
 fn exact_resplits_a_dead_targets_part_in_three() {
-    let mut net = Net::new(27, exact());
-    net.dead[9] = true;
-    net.engines[0]
-        .broadcast(T0, Bytes::from_static(b"x"), 0)
-        .unwrap();
-    net.run(T0);
+    let mut net = broadcast_with_dead(27, exact(), &[9], b"x");
     net.run_timers(Duration::from_secs(5));
     // Position 9 owned [9, 18); the other 8 nodes go to three new delegates at once.
     let s = net.engines[0].stats();
@@ -100,12 +95,7 @@ fn exact_never_drops_a_subtree_while_it_has_live_nodes() {
         assert!(gave_up as usize <= dead.len());
     }
     // Every node of a part dead: the give-up is counted and nothing else is sent.
-    let mut net = Net::new(3, exact());
-    net.dead[2] = true;
-    net.engines[0]
-        .broadcast(T0, Bytes::from_static(b"x"), 0)
-        .unwrap();
-    net.run(T0);
+    let mut net = broadcast_with_dead(3, exact(), &[2], b"x");
     net.run_timers(Duration::from_secs(5));
     assert_eq!(net.engines[0].stats().give_ups, 1);
     assert_eq!(net.engines[0].stats().resends, 0);
@@ -113,12 +103,7 @@ fn exact_never_drops_a_subtree_while_it_has_live_nodes() {
 
 #[test]
 fn a_suspected_target_is_skipped_with_no_deadline_paid() {
-    let mut net = Net::new(27, exact());
-    net.dead[9] = true;
-    net.engines[0]
-        .broadcast(T0, Bytes::from_static(b"x"), 0)
-        .unwrap();
-    net.run(T0);
+    let mut net = broadcast_with_dead(27, exact(), &[9], b"x");
     net.run_timers(Duration::from_secs(5));
     let nine = net.list.get(9).unwrap();
     let t = Duration::from_secs(6);
@@ -134,12 +119,7 @@ fn a_suspected_target_is_skipped_with_no_deadline_paid() {
 
 #[test]
 fn an_unreachable_signal_fails_pending_sends_at_once() {
-    let mut net = Net::new(27, exact());
-    net.dead[9] = true;
-    net.engines[0]
-        .broadcast(T0, Bytes::from_static(b"x"), 0)
-        .unwrap();
-    net.run(T0);
+    let mut net = broadcast_with_dead(27, exact(), &[9], b"x");
     assert_eq!(net.delivered.iter().filter(|&&d| d == 1).count(), 26 - 9);
     net.engines[0].peer_unreachable(T0, net.list.get(9).unwrap());
     net.drain(0);
@@ -168,7 +148,7 @@ fn a_peer_that_comes_back_answers_a_probe_and_is_used_again() {
         .filter_map(|o| match o {
             Output::Send {
                 to,
-                message: Message::Gossip(g),
+                message: BroadcastMessage::Gossip(g),
             } if to == nine => Some(g.level_or_range),
             _ => None,
         })
@@ -178,18 +158,13 @@ fn a_peer_that_comes_back_answers_a_probe_and_is_used_again() {
 
 #[test]
 fn a_peer_that_failed_gets_what_it_missed_when_heard_from_again() {
-    let mut net = Net::new(27, exact());
-    net.dead[9] = true;
-    net.engines[0]
-        .broadcast(T0, Bytes::from_static(b"x"), 0)
-        .unwrap();
-    net.run(T0);
+    let mut net = broadcast_with_dead(27, exact(), &[9], b"x");
     net.run_timers(Duration::from_secs(5));
     assert_eq!(net.delivered[9], 0);
     // Back (a partition healed, a crashed node restarted): anything it says is enough.
     net.dead[9] = false;
     let nine = net.list.get(9).unwrap();
-    let hello = Message::IgywReply {
+    let hello = BroadcastMessage::IgywReply {
         id: MessageId {
             origin: nine,
             nonce: 0,
@@ -210,7 +185,7 @@ fn a_peer_that_failed_gets_what_it_missed_when_heard_from_again() {
         .handle_message(
             t,
             nine,
-            Message::Ack {
+            BroadcastMessage::Ack {
                 id: MessageId {
                     origin: nine,
                     nonce: 0,
@@ -247,11 +222,11 @@ fn ack_deadlines_adapt_to_measured_round_trips() {
         for o in sends {
             if let Output::Send {
                 to,
-                message: Message::Gossip(g),
+                message: BroadcastMessage::Gossip(g),
             } = o
             {
                 if list.position(&to) != skip {
-                    let ack = Message::Ack {
+                    let ack = BroadcastMessage::Ack {
                         id: g.id,
                         level_or_range: g.level_or_range,
                     };
@@ -278,12 +253,7 @@ fn ack_deadlines_adapt_to_measured_round_trips() {
 fn first_deadlines_shrink_once_round_trips_are_measured() {
     // Before any sample the send to a dead node would wait the initial 500 ms; the samples
     // that arrive meanwhile bring its deadline down.
-    let mut net = Net::new(27, exact());
-    net.dead[9] = true;
-    net.engines[0]
-        .broadcast(T0, Bytes::from_static(b"x"), 0)
-        .unwrap();
-    net.run(T0);
+    let mut net = broadcast_with_dead(27, exact(), &[9], b"x");
     net.run_timers(Duration::from_millis(499));
     assert_eq!(net.engines[0].stats().ack_timeouts, 1);
     assert!(net.delivered[10..18].iter().all(|&d| d == 1));

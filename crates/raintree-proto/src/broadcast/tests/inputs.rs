@@ -2,7 +2,7 @@
 
 use super::*;
 
-fn arb_message() -> impl PropStrategy<Value = Message> {
+fn arb_message() -> impl PropStrategy<Value = BroadcastMessage> {
     let id = (0u64..4, 0u64..3).prop_map(|(o, nonce)| MessageId {
         origin: Address::from_index(o),
         nonce,
@@ -16,7 +16,7 @@ fn arb_message() -> impl PropStrategy<Value = Message> {
             any::<u32>()
         )
             .prop_map(|(id, lor, ex, r, hops)| {
-                Message::Gossip(Gossip {
+                BroadcastMessage::Gossip(Gossip {
                     id,
                     level_or_range: lor,
                     strategy: if ex {
@@ -37,18 +37,15 @@ fn arb_message() -> impl PropStrategy<Value = Message> {
                     signature: None,
                 })
             }),
-        (id.clone(), any::<u32>()).prop_map(|(id, lor)| Message::Ack {
+        (id.clone(), any::<u32>()).prop_map(|(id, lor)| BroadcastMessage::Ack {
             id,
             level_or_range: lor
         }),
-        (id.clone(), 0u32..40).prop_map(|(id, span)| Message::Igyw { id, span }),
-        (id.clone(), any::<bool>()).prop_map(|(id, want)| Message::IgywReply { id, want }),
-        id.prop_map(|id| Message::Direct {
+        (id.clone(), 0u32..40).prop_map(|(id, span)| BroadcastMessage::Igyw { id, span }),
+        (id.clone(), any::<bool>()).prop_map(|(id, want)| BroadcastMessage::IgywReply { id, want }),
+        id.prop_map(|id| BroadcastMessage::Direct {
             id,
             payload: Bytes::new()
-        }),
-        Just(Message::Goodbye {
-            reason: String::new()
         }),
     ]
 }
@@ -126,7 +123,7 @@ fn igyw_replies_from_peers_not_asked_are_ignored() {
     e.handle_timeout(config.cleanup_delay);
     let Some(Output::Send {
         to,
-        message: Message::Igyw { .. },
+        message: BroadcastMessage::Igyw { .. },
     }) = e.poll_output()
     else {
         panic!("IGYW offer expected after the clean-up delay")
@@ -136,14 +133,14 @@ fn igyw_replies_from_peers_not_asked_are_ignored() {
     e.handle_message(
         T0,
         list.get(3).unwrap(),
-        Message::IgywReply { id, want: true },
+        BroadcastMessage::IgywReply { id, want: true },
     )
     .unwrap();
     assert!(e.poll_output().is_none());
-    e.handle_message(T0, to, Message::IgywReply { id, want: true })
+    e.handle_message(T0, to, BroadcastMessage::IgywReply { id, want: true })
         .unwrap();
     let Some(Output::Send {
-        message: Message::Gossip(g),
+        message: BroadcastMessage::Gossip(g),
         ..
     }) = e.poll_output()
     else {
@@ -156,13 +153,13 @@ fn igyw_replies_from_peers_not_asked_are_ignored() {
     // A node missed it: the chain jumps past it and offers a doubled window.
     let Some(Output::Send {
         to: next,
-        message: Message::Igyw { span, .. },
+        message: BroadcastMessage::Igyw { span, .. },
     }) = e.poll_output()
     else {
         panic!("next chain offer expected")
     };
     assert_eq!((list.position(&next), span), (Some(2), 2));
-    e.handle_message(T0, to, Message::IgywReply { id, want: true })
+    e.handle_message(T0, to, BroadcastMessage::IgywReply { id, want: true })
         .unwrap();
     assert!(e.poll_output().is_none(), "one WANT, one copy");
     assert_eq!(e.stats().cleanup_sends, 1);

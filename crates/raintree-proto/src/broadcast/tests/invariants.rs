@@ -5,13 +5,7 @@ use super::*;
 
 /// Node 0 of 9 broadcasts with node 4 dead: ACKs, a re-split and owed messages pending.
 fn busy_net() -> Net {
-    let mut net = Net::new(9, exact());
-    net.dead[4] = true;
-    net.engines[0]
-        .broadcast(T0, Bytes::from_static(b"payload"), 0)
-        .unwrap();
-    net.run(T0);
-    net
+    broadcast_with_dead(9, exact(), &[4], b"payload")
 }
 
 #[test]

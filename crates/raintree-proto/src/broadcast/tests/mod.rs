@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
-use proptest::prelude::{any, prop_assert, prop_oneof, proptest, Just, Strategy as PropStrategy};
+use proptest::prelude::{any, prop_assert, prop_oneof, proptest, Strategy as PropStrategy};
 
 use super::*;
 use crate::peers::PeerList;
@@ -42,7 +42,7 @@ pub(super) fn rng(seed: u64) -> rand::rngs::StdRng {
 pub(super) struct Net {
     pub list: Arc<PeerList>,
     pub engines: Vec<Engine>,
-    pub queue: VecDeque<(usize, usize, Message)>,
+    pub queue: VecDeque<(usize, usize, BroadcastMessage)>,
     pub reads: Vec<u32>,
     pub writes: Vec<u32>,
     pub delivered: Vec<u32>,
@@ -53,15 +53,15 @@ pub(super) struct Net {
 struct NetOut<'a> {
     i: usize,
     list: &'a PeerList,
-    queue: &'a mut VecDeque<(usize, usize, Message)>,
+    queue: &'a mut VecDeque<(usize, usize, BroadcastMessage)>,
     writes: &'a mut [u32],
     delivered: &'a mut [u32],
 }
 
 impl crate::drive::Sink for NetOut<'_> {
-    fn send(&mut self, to: Address, message: Message) {
+    fn send(&mut self, to: Address, message: BroadcastMessage) {
         let j = self.list.position(&to).unwrap();
-        if matches!(message, Message::Gossip(_)) {
+        if matches!(message, BroadcastMessage::Gossip(_)) {
             self.writes[self.i] += 1;
         }
         self.queue.push_back((self.i, j, message));
@@ -127,7 +127,7 @@ impl Net {
             if self.dead[to] {
                 continue;
             }
-            if matches!(m, Message::Gossip(_)) {
+            if matches!(m, BroadcastMessage::Gossip(_)) {
                 self.reads[to] += 1;
             }
             let from = self.list.get(from).unwrap();
@@ -186,6 +186,25 @@ pub(super) fn exact() -> Config {
         strategy: Strategy::Exact,
         ..Config::default()
     }
+}
+
+/// A network of `n` nodes with those in `dead` down, after node 0 broadcasts `payload` and
+/// the network has run (no timer fired yet).
+pub(super) fn broadcast_with_dead(
+    n: usize,
+    config: Config,
+    dead: &[usize],
+    payload: &'static [u8],
+) -> Net {
+    let mut net = Net::new(n, config);
+    for &d in dead {
+        net.dead[d] = true;
+    }
+    net.engines[0]
+        .broadcast(T0, Bytes::from_static(payload), 0)
+        .unwrap();
+    net.run(T0);
+    net
 }
 
 /// Runs one broadcast from position 0 with no timer fired, and returns who got it.

@@ -85,7 +85,7 @@ fn deliveries_carry_payload_and_hops() {
         }
     );
     let Some(Output::Send {
-        message: Message::Gossip(g),
+        message: BroadcastMessage::Gossip(g),
         ..
     }) = net.engines[3].poll_output()
     else {
@@ -120,15 +120,7 @@ fn errors_are_typed_and_emit_nothing() {
     assert!(e.poll_output().is_none());
     assert_eq!(e.poll_timeout(), None);
     let from = list.get(1).unwrap();
-    let req = Message::Request {
-        id: 1,
-        payload: Bytes::new(),
-    };
-    assert_eq!(
-        e.handle_message(T0, from, req),
-        Err(EngineError::Unexpected("request"))
-    );
-    let exact = Message::Gossip(Gossip {
+    let exact = BroadcastMessage::Gossip(Gossip {
         strategy: Strategy::Exact,
         ..Gossip::default()
     });
@@ -136,7 +128,7 @@ fn errors_are_typed_and_emit_nothing() {
         e.handle_message(T0, from, exact),
         Err(EngineError::StrategyMismatch { .. })
     ));
-    assert_eq!(e.stats().rejected, 2);
+    assert_eq!(e.stats().rejected, 1);
     assert!(e.poll_output().is_none());
     assert_eq!(
         e.set_peers(Arc::new(PeerList::new([stranger]))),
@@ -153,7 +145,7 @@ fn direct_messages_are_delivered_once_and_never_forwarded() {
     };
     let from = net.list.get(1).unwrap();
     for _ in 0..2 {
-        let m = Message::Direct {
+        let m = BroadcastMessage::Direct {
             id,
             payload: Bytes::from_static(b"d"),
         };
@@ -183,11 +175,11 @@ fn tree_copies_are_acked_even_when_duplicate() {
         ..Gossip::default()
     };
     for _ in 0..2 {
-        e.handle_message(T0, from, Message::Gossip(copy.clone()))
+        e.handle_message(T0, from, BroadcastMessage::Gossip(copy.clone()))
             .unwrap();
     }
     let acks = std::iter::from_fn(|| e.poll_output())
-        .filter(|o| matches!(o, Output::Send { message: Message::Ack { level_or_range: 1, .. }, to } if *to == from))
+        .filter(|o| matches!(o, Output::Send { message: BroadcastMessage::Ack { level_or_range: 1, .. }, to } if *to == from))
         .count();
     assert_eq!(acks, 2);
 }
@@ -211,7 +203,7 @@ fn level_aware_dedup_forwards_only_new_levels() {
         nonce: 1,
     };
     let copy = |level| {
-        Message::Gossip(Gossip {
+        BroadcastMessage::Gossip(Gossip {
             id,
             level_or_range: level,
             payload: Bytes::from_static(b"p"),
