@@ -148,7 +148,8 @@ fn collect_row(child: std::process::Child) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     stdout
         .lines()
-        .find_map(|l| l.strip_prefix("ROW "))
+        // libtest prints the test's name on the same line, ahead of its output.
+        .find_map(|l| l.split_once("ROW ").map(|(_, row)| row))
         .unwrap_or_else(|| panic!("no row in {stdout}"))
         .to_string()
 }
