@@ -22,7 +22,7 @@
 //!
 //! With `RAINTREE_FUZZ_STRICT=1`, an engine must also never deliver an id twice (nor deliver
 //! its own broadcast) within `seen_ttl` of first seeing it, eviction or not: the issue 9 goal
-//! that the current seen-set does not meet (see the README's Fuzzing section).
+//! that the current seen-set does not meet (see docs/TESTING.md, "Fuzzing").
 //!
 //! Engine construction and the message kinds live in [`new_engine`] and [`crate::msg`], the
 //! two places to adapt when the engine's constructor or the wire change.

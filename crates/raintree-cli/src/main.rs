@@ -35,7 +35,7 @@ enum Command {
     Keygen,
     /// Run one node from a TOML config file until SIGINT, SIGTERM or POST /shutdown.
     Node {
-        /// The config file (see the README for every field and its default).
+        /// The config file (see docs/NODE.md for every field and its default).
         #[arg(long)]
         config: std::path::PathBuf,
     },

@@ -350,19 +350,19 @@ mod tests {
         assert_eq!(node.transport.max_outbound, 125);
     }
 
-    /// The README documents every field with its default; hold it to the code.
+    /// docs/NODE.md documents every field with its default; hold it to the code.
     #[test]
-    fn readme_config_block_lists_every_field_with_its_default() {
-        let readme = include_str!("../../../README.md");
-        let start = readme
+    fn documented_config_block_lists_every_field_with_its_default() {
+        let doc = include_str!("../../../docs/NODE.md");
+        let start = doc
             .find("```toml\nkey = ")
-            .expect("README has the config block")
+            .expect("docs/NODE.md has the config block")
             + 8;
-        let block = &readme[start..start + readme[start..].find("```").unwrap()];
+        let block = &doc[start..start + doc[start..].find("```").unwrap()];
         let block = block
             .replace("<64 hex characters from raintree keygen>", &key())
             .replace("<40 hex characters>", &"ab".repeat(20));
-        let documented = FileConfig::parse(&block).expect("README config parses");
+        let documented = FileConfig::parse(&block).expect("documented config parses");
         let mut defaults = FileConfig {
             key: key(),
             ..FileConfig::default()

@@ -1,11 +1,12 @@
-//! The README's simulator tables are golden outputs: the simulator is deterministic, so each
-//! table is regenerated here from the same settings and must match the README row for row.
+//! The docs' simulator tables are golden outputs: the simulator is deterministic, so each
+//! table is regenerated here from the same settings and must match its document row for row.
 
 use std::process::Command;
 
 use serde_json::Value;
 
-const README: &str = include_str!("../../../README.md");
+const DESIGN: &str = include_str!("../../../docs/DESIGN.md");
+const SIMULATOR: &str = include_str!("../../../docs/SIMULATOR.md");
 
 /// One `raintree sim --json` run.
 fn sim(args: &[&str]) -> Value {
@@ -27,7 +28,7 @@ fn int(v: &Value, key: &str) -> u64 {
     v[key].as_u64().unwrap_or_else(|| panic!("{key} in {v}"))
 }
 
-/// `1234567` as `1,234,567`, the README's style for counts.
+/// `1234567` as `1,234,567`, the docs' style for counts.
 fn grouped(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
@@ -40,10 +41,10 @@ fn grouped(n: u64) -> String {
     out
 }
 
-/// The README's table whose header line starts with `header`, as its data rows.
-fn readme_rows(header: &str) -> Vec<String> {
-    let mut lines = README.lines().skip_while(|l| !l.starts_with(header));
-    assert!(lines.next().is_some(), "README has a table `{header}`");
+/// The table in `doc` whose header line starts with `header`, as its data rows.
+fn doc_rows(doc: &str, header: &str) -> Vec<String> {
+    let mut lines = doc.lines().skip_while(|l| !l.starts_with(header));
+    assert!(lines.next().is_some(), "the doc has a table `{header}`");
     lines
         .skip(1)
         .take_while(|l| l.starts_with('|'))
@@ -84,7 +85,7 @@ fn cleanup_table_matches_the_simulator() {
         }
     }
     assert_eq!(
-        readme_rows("| strategy | clean-up | covered / live |"),
+        doc_rows(DESIGN, "| strategy | clean-up | covered / live |"),
         rows
     );
 }
@@ -142,7 +143,10 @@ fn hostile_table_matches_the_simulator() {
             _ => {}
         }
     }
-    assert_eq!(readme_rows("| hostile | honest covered | sends |"), rows);
+    assert_eq!(
+        doc_rows(SIMULATOR, "| hostile | honest covered | sends |"),
+        rows
+    );
 }
 
 #[test]
@@ -193,5 +197,58 @@ fn redundancy_table_matches_the_simulator() {
             ));
         }
     }
-    assert_eq!(readme_rows("| setting | reference | exact |"), rows);
+    assert_eq!(doc_rows(DESIGN, "| setting | reference | exact |"), rows);
+}
+
+/// `raintree scale-table --max-power P` as printed.
+fn scale_table(max_power: u32) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_raintree"))
+        .args(["scale-table", "--max-power", &max_power.to_string()])
+        .output()
+        .expect("the binary runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+/// The text block of SIMULATOR.md that holds `raintree scale-table`'s output, as lines.
+fn documented_scale_table() -> Vec<&'static str> {
+    let start = SIMULATOR
+        .find("```text\nOne broadcast from sorted position 0;")
+        .expect("SIMULATOR.md has the scale table")
+        + "```text\n".len();
+    let len = SIMULATOR[start..].find("```").expect("the block ends");
+    SIMULATOR[start..start + len].lines().collect()
+}
+
+/// The largest exponent `cargo test` regenerates: N = 27 ... 2,187 takes seconds in a debug
+/// build, where the full table's 177,147-node runs take minutes.
+const CHEAP_MAX_POWER: u32 = 7;
+
+#[test]
+fn scale_table_matches_the_simulator_up_to_2187_nodes() {
+    let printed = scale_table(CHEAP_MAX_POWER);
+    let printed: Vec<&str> = printed.lines().collect();
+    let documented = documented_scale_table();
+    // Every row is its own seeded run, so a smaller table is the full one cut short.
+    assert!(
+        documented.len() > printed.len(),
+        "the documented table goes beyond 3^{CHEAP_MAX_POWER}"
+    );
+    assert_eq!(documented[..printed.len()], printed[..]);
+}
+
+/// The whole documented table. Run it in release, where it takes seconds:
+/// `cargo test --release -p raintree-cli --test docs_tables -- --ignored`.
+#[test]
+#[ignore = "minutes in a debug build; run with --release -- --ignored"]
+fn scale_table_matches_the_simulator() {
+    let printed = scale_table(11);
+    assert_eq!(
+        documented_scale_table(),
+        printed.lines().collect::<Vec<_>>()
+    );
 }
