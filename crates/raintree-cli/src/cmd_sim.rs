@@ -28,8 +28,8 @@ pub struct Args {
     /// Network size N.
     #[arg(long)]
     pub nodes: usize,
-    /// Tree strategy: reference or exact.
-    #[arg(long, default_value = "reference")]
+    /// Tree strategy: reference or exact (the node's default, exact).
+    #[arg(long, default_value = "exact")]
     pub strategy: Strategy,
     /// Tree sends expect ACKs (with adjust/resend on timeout).
     #[arg(long, value_enum, default_value = "on")]
@@ -98,8 +98,8 @@ pub struct Args {
     /// HAVE answers in a row an IGYW chain passes before it stops (1: stop at the first).
     #[arg(long, default_value_t = Config::default().igyw_have_limit)]
     pub igyw_have_limit: u32,
-    /// Payload size in bytes.
-    #[arg(long, default_value_t = 32)]
+    /// Payload size in bytes (`--size`, as in LocalNet; `--payload-size` is an alias).
+    #[arg(long = "size", alias = "payload-size", default_value_t = 32)]
     pub payload_size: usize,
     /// What a sender sees of a message to a down node: silent (it vanishes) or refused (the
     /// sender is told one link latency later, like a killed process on a live host).

@@ -19,6 +19,8 @@ fn raintree_json(args: &[&str]) -> serde_json::Value {
 fn sim_reproduces_the_spec_table_for_12_nodes() {
     let r = raintree_json(&[
         "sim",
+        "--strategy",
+        "reference",
         "--nodes",
         "12",
         "--acks",
@@ -110,4 +112,17 @@ fn bad_options_fail_with_a_message() {
         .expect("binary runs");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("originator"));
+}
+
+#[test]
+fn sim_defaults_to_the_nodes_strategy_and_names_the_size_as_localnet_does() {
+    let base = ["sim", "--nodes", "27", "--dead-percent", "10", "--json"];
+    let default = raintree_json(&base);
+    let exact = raintree_json(&[&base[..], &["--strategy", "exact"]].concat());
+    let reference = raintree_json(&[&base[..], &["--strategy", "reference"]].concat());
+    assert_eq!(default, exact, "the simulator's default is the node's, exact");
+    assert_ne!(default, reference);
+    let size = raintree_json(&[&base[..], &["--size", "4096"]].concat());
+    let alias = raintree_json(&[&base[..], &["--payload-size", "4096"]].concat());
+    assert_eq!(size, alias, "--payload-size stays an alias of --size");
 }
