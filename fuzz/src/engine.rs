@@ -5,13 +5,14 @@
 //! messages in flight between engines, messages injected from any peer or a stranger (with ids
 //! drawn from the broadcasts so far, so ACKs, IGYW replies and range changes meet real
 //! state), replays of earlier messages, time advancing (every engine then handles its
-//! timeouts, as a driver does) and peer-list changes.
+//! timeouts, as a driver does), peer-list changes and unreachable reports from the transport.
 //!
 //! Invariants, checked after every step:
 //! - no panic, and a peer-list change that keeps the node is accepted;
 //! - a payload is delivered only for an id the engine did not remember just before, and the
 //!   first acceptable copy of an unknown id is delivered exactly once, with its own payload,
-//!   hops and origin time; broadcasts, timeouts and peer-list changes deliver nothing;
+//!   hops and origin time; broadcasts, timeouts, peer-list changes and unreachable reports
+//!   deliver nothing;
 //! - an id is remembered for `seen_ttl` after it was first seen unless the seen-set evicted
 //!   something for capacity in the meantime (so no copy within that time is delivered again);
 //! - `seen_len()` never exceeds `seen_capacity` (at least 1);
@@ -25,9 +26,18 @@
 //! that the current seen-set does not meet (see docs/TESTING.md, "Fuzzing").
 //!
 //! Engine construction and the message kinds live in [`new_engine`] and [`crate::msg`], the
-//! two places to adapt when the engine's constructor or the wire change.
+//! two places to adapt when the engine's constructor or the wire change; [`after_input`] is
+//! where whole-engine checks run once per input.
+//!
+//! Speed (issue 15): an input is at most [`MAX_OPS`] operations and [`MAX_STEPS`] engine
+//! inputs, and `fuzz/run` caps its length at 768 bytes, so a grown corpus runs about as fast as
+//! the seeds. Addresses, full peer lists and the harness's buffers are built once per thread
+//! and reused; the harness's own maps hash ids with a cheap hasher (SipHash under coverage
+//! instrumentation was a fifth of the time).
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -36,26 +46,39 @@ use bytes::Bytes;
 use raintree_proto::broadcast::{
     Config, Engine, EngineError, Output, Redundancy, Stats, HELD_ENTRY_BYTES,
 };
-use raintree_proto::wire::{self, Message, MessageId, Strategy};
+use raintree_proto::wire::{Message, MessageId, Strategy};
 use raintree_proto::{Address, PeerList};
 
 use crate::input::{byte, take, u16le, Writer};
-use crate::msg::{message, summary, Ctx, MsgSpec};
+use crate::msg::{carried_id, check_sent, delivery, message, shape, Ctx, MsgSpec};
 
-/// Most operations read from one input.
-pub const MAX_OPS: usize = 256;
-/// Most engine inputs (messages handled) per input. A seen-set smaller than the traffic lets
-/// ring and IGYW copies circulate for ever (an evicted id is new again), so inputs are capped.
-pub const MAX_STEPS: usize = 1000;
+/// Most operations read from one input (the longest seed has 16).
+pub const MAX_OPS: usize = 48;
+/// Most engine inputs (messages handled, broadcasts, unreachable reports) per input. A
+/// seen-set smaller than the traffic lets ring and IGYW copies circulate for ever (an evicted
+/// id is new again), so inputs are capped; a few hundred reach every layer the seeds do, and
+/// each step costs the same, so the cap sets the slowest input's time.
+pub const MAX_STEPS: usize = 128;
 /// Most messages one `DeliverAll` delivers.
-pub const DELIVER_ALL: usize = 128;
+pub const DELIVER_ALL: usize = 32;
 /// Most messages in flight; the oldest is lost beyond it.
 pub const MAX_IN_FLIGHT: usize = 4096;
+/// Sends of an input that all take the wire round trip; later ones only when of a new
+/// [`shape`].
+pub const ROUND_TRIPS: usize = 8;
 
 /// Builds one engine; the single place that knows the constructor's signature.
-pub fn new_engine(config: &Config, me: Address, peers: Arc<PeerList>, seed: u64) -> Engine {
+pub fn new_engine(config: &Arc<Config>, me: Address, peers: Arc<PeerList>, seed: u64) -> Engine {
     let rng = rand::SeedableRng::seed_from_u64(seed);
-    Engine::new(config.clone(), me, peers, rng).expect("me is in the peer list")
+    Engine::with_shared_config(config.clone(), me, peers, rng).expect("me is in the peer list")
+}
+
+/// Whole-engine checks, once per engine after every input (the per-step ones are in
+/// [`Net::after`]).
+pub fn after_input(engine: &Engine) {
+    // TODO(check_invariants): `engine.check_invariants()` once the engine has it, e.g.
+    // `if let Err(e) = engine.check_invariants() { panic!("invariant broken: {e}") }`.
+    let _ = engine;
 }
 
 /// The network-wide settings at the start of an input.
@@ -216,6 +239,14 @@ pub enum Op {
         /// Which addresses.
         mask: u16,
     },
+    /// The transport tells engine `node` that `peer` (as for [`Op::Inject`]'s `from`) is
+    /// unreachable.
+    Unreachable {
+        /// Engine index.
+        node: u8,
+        /// Peer index.
+        peer: u8,
+    },
 }
 
 impl Op {
@@ -250,6 +281,9 @@ impl Op {
             Op::SetPeers { node, mask } => {
                 w.byte(8).byte(*node).u16le(*mask);
             }
+            Op::Unreachable { node, peer } => {
+                w.byte(9).byte(*node).byte(*peer);
+            }
         }
     }
 }
@@ -269,20 +303,93 @@ fn strict() -> bool {
     *S.get_or_init(|| std::env::var_os("RAINTREE_FUZZ_STRICT").is_some_and(|v| v != "0"))
 }
 
-struct Node {
-    engine: Engine,
-    addr: Address,
+/// The harness's own maps: ids hashed by a multiply-rotate hasher (FxHash's), not SipHash.
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            self.write_u64(u64::from_le_bytes(w));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// What the harness tracks of one engine; its maps are kept (emptied) between inputs.
+#[derive(Default)]
+struct Track {
     /// Ids first seen (delivered or originated) at a time, with the eviction count then.
-    remembered: HashMap<MessageId, (Duration, u64)>,
+    remembered: FastMap<MessageId, (Duration, u64)>,
     /// Strict mode: when each id was first delivered or originated.
-    first_seen: HashMap<MessageId, Duration>,
+    first_seen: FastMap<MessageId, Duration>,
     deliveries: u64,
     broadcasts: u64,
 }
 
+struct Node {
+    engine: Engine,
+    addr: Address,
+    t: Track,
+}
+
+/// Engines with an address; the stranger's is [`STRANGER`].
+const MAX_ADDRS: usize = 9;
+const STRANGER: u64 = 999;
+
+/// Built once per thread: addresses, the full peer list of each network size, and the
+/// buffers of the last input, emptied.
+struct Scratch {
+    /// `Address::from_index(0..MAX_ADDRS)`, then the stranger.
+    addrs: Vec<Address>,
+    /// `full[n]`: the peer list of the first `n` addresses.
+    full: Vec<Arc<PeerList>>,
+    bufs: Option<Bufs>,
+}
+
+#[derive(Default)]
+struct Bufs {
+    addrs: Vec<Address>,
+    tracks: Vec<Track>,
+    in_flight: VecDeque<(Address, Address, Message)>,
+    recent: VecDeque<Message>,
+    ids: Vec<MessageId>,
+    delivered: Vec<(MessageId, Bytes, u64, u32)>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::new());
+}
+
+impl Scratch {
+    fn new() -> Self {
+        let mut addrs: Vec<Address> = (0..MAX_ADDRS as u64).map(Address::from_index).collect();
+        addrs.push(Address::from_index(STRANGER));
+        let full = (0..=MAX_ADDRS)
+            .map(|n| Arc::new(PeerList::new(addrs[..n].iter().copied())))
+            .collect();
+        Scratch {
+            addrs,
+            full,
+            bufs: Some(Bufs::default()),
+        }
+    }
+}
+
 /// The network under test.
 struct Net {
-    cfg: Config,
+    cfg: Arc<Config>,
     /// Every address: engines first, then peers without an engine, then the stranger.
     addrs: Vec<Address>,
     nodes: Vec<Node>,
@@ -290,46 +397,68 @@ struct Net {
     recent: VecDeque<Message>,
     ids: Vec<MessageId>,
     ids_added: usize,
+    /// What one step delivered (kept for its allocation).
+    delivered: Vec<(MessageId, Bytes, u64, u32)>,
     now: Duration,
     steps: usize,
+    /// Sends so far and the [`shape`]s among them that took the wire round trip.
+    sends: usize,
+    shapes: u32,
+    /// Engines given an input since [`Net::check_remembered`] last ran, one bit each.
+    touched: u32,
 }
 
 /// Runs one input.
 pub fn run(data: &[u8]) {
-    simulate(data);
+    simulate_with(data, |_| ());
 }
 
 /// Runs one input and returns each engine's counters at the end, so tests can tell what a
 /// seed reaches.
 pub fn simulate(data: &[u8]) -> Vec<Stats> {
+    simulate_with(data, |nodes| {
+        nodes.iter().map(|n| n.engine.stats().clone()).collect()
+    })
+}
+
+fn simulate_with<T>(data: &[u8], end: impl FnOnce(&[Node]) -> T) -> T {
     let mut u = Unstructured::new(data);
     let h = Header::read(&mut u);
-    let cfg = h.config();
+    let cfg = Arc::new(h.config());
     let k = 1 + usize::from(h.engines % 4);
     let n = k + usize::from(h.extra % 6);
-    let mut addrs: Vec<Address> = (0..n as u64).map(Address::from_index).collect();
-    addrs.push(Address::from_index(999));
-    let all = Arc::new(PeerList::new(addrs[..n].iter().copied()));
-    let nodes = (0..k)
-        .map(|i| Node {
-            engine: new_engine(&cfg, addrs[i], all.clone(), i as u64 + 1),
-            addr: addrs[i],
-            remembered: HashMap::new(),
-            first_seen: HashMap::new(),
-            deliveries: 0,
-            broadcasts: 0,
+    let (mut b, all) = SCRATCH.with_borrow_mut(|s| {
+        let mut b = s.bufs.take().unwrap_or_default();
+        b.addrs.clear();
+        b.addrs.extend_from_slice(&s.addrs[..n]);
+        b.addrs.push(s.addrs[MAX_ADDRS]);
+        (b, s.full[n].clone())
+    });
+    b.tracks.resize_with(b.tracks.len().max(k), Track::default);
+    let nodes = b
+        .tracks
+        .drain(..k)
+        .enumerate()
+        .map(|(i, t)| Node {
+            engine: new_engine(&cfg, b.addrs[i], all.clone(), i as u64 + 1),
+            addr: b.addrs[i],
+            t,
         })
         .collect();
     let mut net = Net {
         cfg,
-        addrs,
+        addrs: b.addrs,
         nodes,
-        in_flight: VecDeque::new(),
-        recent: VecDeque::new(),
-        ids: Vec::new(),
+        in_flight: b.in_flight,
+        recent: b.recent,
+        ids: b.ids,
         ids_added: 0,
+        delivered: b.delivered,
         now: Duration::from_secs(1),
         steps: 0,
+        sends: 0,
+        shapes: 0,
+        touched: 0,
     };
     let mut ops = 0;
     while !u.is_empty() && ops < MAX_OPS && net.steps < MAX_STEPS {
@@ -337,7 +466,34 @@ pub fn simulate(data: &[u8]) -> Vec<Stats> {
         net.op(&mut u);
         net.check_remembered();
     }
-    net.nodes.iter().map(|n| n.engine.stats().clone()).collect()
+    for n in &net.nodes {
+        after_input(&n.engine);
+    }
+    let out = end(&net.nodes);
+    // Hand the buffers back, emptied, for the next input.
+    let mut tracks = b.tracks;
+    for n in net.nodes {
+        let mut t = n.t;
+        t.remembered.clear();
+        t.first_seen.clear();
+        t.deliveries = 0;
+        t.broadcasts = 0;
+        tracks.push(t);
+    }
+    net.in_flight.clear();
+    net.recent.clear();
+    net.ids.clear();
+    net.delivered.clear();
+    let bufs = Bufs {
+        addrs: net.addrs,
+        tracks,
+        in_flight: net.in_flight,
+        recent: net.recent,
+        ids: net.ids,
+        delivered: net.delivered,
+    };
+    SCRATCH.with_borrow_mut(|s| s.bufs = Some(bufs));
+    out
 }
 
 impl Net {
@@ -356,7 +512,7 @@ impl Net {
     }
 
     fn op(&mut self, u: &mut Unstructured<'_>) {
-        match byte(u) % 9 {
+        match byte(u) % 10 {
             0 => {
                 let i = self.node(byte(u));
                 let len = usize::from(byte(u));
@@ -413,6 +569,13 @@ impl Net {
                     self.after(i, None);
                 }
             }
+            9 => {
+                let i = self.node(byte(u));
+                let peer = self.sender(i, byte(u));
+                self.steps += 1;
+                self.nodes[i].engine.peer_unreachable(self.now, peer);
+                self.after(i, None);
+            }
             _ => {
                 let i = self.node(byte(u));
                 let mask = u16le(u);
@@ -458,7 +621,7 @@ impl Net {
                 let n = &mut self.nodes[i];
                 assert_eq!(id.origin, n.addr, "a broadcast in another origin's name");
                 assert!(n.engine.has_seen(&id), "forgot its own broadcast");
-                n.broadcasts += 1;
+                n.t.broadcasts += 1;
                 self.first_seen(i, id, false);
                 self.add_id(id);
             }
@@ -480,11 +643,7 @@ impl Net {
 
     fn handle(&mut self, i: usize, from: Address, m: Message) {
         self.steps += 1;
-        let id = match &m {
-            Message::Gossip(g) => Some(g.id),
-            Message::Direct { id, .. } => Some(*id),
-            _ => None,
-        };
+        let id = carried_id(&m);
         let was_seen = id.map(|id| self.nodes[i].engine.has_seen(&id));
         let r = self.nodes[i]
             .engine
@@ -492,11 +651,7 @@ impl Net {
         let mut expect = None;
         if let (Ok(()), Some(false)) = (&r, was_seen) {
             // The first acceptable copy of an unknown id: delivered now, exactly once.
-            expect = Some(match m {
-                Message::Gossip(g) => (g.id, g.payload, g.origin_time_us, g.hops),
-                Message::Direct { id, payload } => (id, payload, 0, 1),
-                _ => unreachable!("only gossip and direct carry an id here"),
-            });
+            expect = Some(delivery(m).expect("only gossip and direct carry an id here"));
         }
         if r.is_err() {
             if let (Some(id), Some(seen)) = (id, was_seen) {
@@ -515,9 +670,9 @@ impl Net {
         let ttl = self.cfg.seen_ttl;
         let n = &mut self.nodes[i];
         let evicted = n.engine.stats().evicted;
-        n.remembered.insert(id, (now, evicted));
+        n.t.remembered.insert(id, (now, evicted));
         if strict() {
-            if let Some(t) = n.first_seen.get(&id) {
+            if let Some(t) = n.t.first_seen.get(&id) {
                 assert!(
                     now >= *t + ttl,
                     "{} {id:?} again {:?} after first seeing it (seen_ttl {ttl:?})",
@@ -525,7 +680,7 @@ impl Net {
                     now - *t
                 );
             }
-            n.first_seen.insert(id, now);
+            n.t.first_seen.insert(id, now);
         }
     }
 
@@ -544,7 +699,9 @@ impl Net {
     #[allow(clippy::type_complexity)]
     fn after(&mut self, i: usize, expect: Option<Option<(MessageId, Bytes, u64, u32)>>) {
         let now = self.now;
-        let mut delivered = Vec::new();
+        self.touched |= 1 << i;
+        let mut delivered = std::mem::take(&mut self.delivered);
+        delivered.clear();
         while let Some(out) = self.nodes[i].engine.poll_output() {
             match out {
                 Output::Deliver {
@@ -569,13 +726,14 @@ impl Net {
             ),
         }
         for (id, ..) in &delivered {
-            self.nodes[i].deliveries += 1;
+            self.nodes[i].t.deliveries += 1;
             assert!(
                 self.nodes[i].engine.has_seen(id),
                 "forgot what it just delivered"
             );
             self.first_seen(i, *id, true);
         }
+        self.delivered = delivered;
         let cap = self.cfg.seen_capacity.max(1);
         let n = &mut self.nodes[i];
         let e = &n.engine;
@@ -592,23 +750,32 @@ impl Net {
         }
         let stats = e.stats();
         assert_eq!(
-            stats.deliveries, n.deliveries,
+            stats.deliveries, n.t.deliveries,
             "stats.deliveries miscounted"
         );
         assert_eq!(
-            stats.broadcasts, n.broadcasts,
+            stats.broadcasts, n.t.broadcasts,
             "stats.broadcasts miscounted"
         );
     }
 
     /// Ids first seen less than `seen_ttl` ago are still remembered unless the seen-set
-    /// evicted something since. Checked once per operation: it walks every such id.
+    /// evicted something since. Checked once per operation for the engines it gave an input
+    /// to: it walks every such id.
     fn check_remembered(&mut self) {
         let (now, ttl) = (self.now, self.cfg.seen_ttl);
-        for n in &mut self.nodes {
+        let touched = std::mem::take(&mut self.touched);
+        // An engine given no input since the last walk has forgotten nothing.
+        for n in self
+            .nodes
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| touched & (1 << i) != 0)
+            .map(|(_, n)| n)
+        {
             let e = &n.engine;
             let evicted = e.stats().evicted;
-            n.remembered.retain(|id, (t, ev)| {
+            n.t.remembered.retain(|id, (t, ev)| {
                 let must = *ev == evicted && now < *t + ttl;
                 if must {
                     assert!(
@@ -624,21 +791,13 @@ impl Net {
     fn sent(&mut self, i: usize, to: Address, m: Message) {
         let me = self.nodes[i].addr;
         assert_ne!(to, me, "sent {} to itself", m.kind());
-        match &m {
-            Message::Gossip(g) => {
-                assert_eq!(g.strategy, self.cfg.strategy, "gossip of another strategy");
-                assert!(
-                    g.payload.len() <= self.cfg.max_payload,
-                    "oversized gossip sent"
-                );
-                assert!(g.hops >= 1, "gossip sent with 0 hops");
-            }
-            Message::Ack { .. } | Message::Igyw { .. } | Message::IgywReply { .. } => {}
-            other => panic!("the engine sent a {}", other.kind()),
-        }
-        let back = wire::decode(wire::encode(&m), self.cfg.max_payload)
-            .unwrap_or_else(|e| panic!("the engine sent an undecodable {}: {e}", summary(&m)));
-        assert!(back == m, "a sent {} changed on the wire", summary(&m));
+        // The wire round trip is half the cost of a send: the first few sends of an input
+        // and the first of each shape take it (the wire has its own target).
+        let bit = 1u32 << shape(&m);
+        let round_trip = self.sends < ROUND_TRIPS || self.shapes & bit == 0;
+        self.sends += 1;
+        self.shapes |= bit;
+        check_sent(&m, self.cfg.strategy, self.cfg.max_payload, round_trip);
         if self.recent.len() == 64 {
             self.recent.pop_front();
         }

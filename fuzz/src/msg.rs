@@ -1,10 +1,14 @@
 //! Structured messages built from fuzz input: ids drawn from a small pool so that ACKs,
 //! replies and duplicates meet the state they belong to, payloads as runs of one byte so that
 //! large frames cost only a few input bytes.
+//!
+//! Every place the `engine` target builds or looks inside a message is here ([`message`],
+//! [`carried_id`], [`delivery`], [`check_sent`], [`shape`]), so a change of the engine's
+//! message type is an edit of this module.
 
 use arbitrary::Unstructured;
 use bytes::Bytes;
-use raintree_proto::wire::{Gossip, Message, MessageId, Route, Strategy};
+use raintree_proto::wire::{self, Gossip, Message, MessageId, Route, Strategy};
 use raintree_proto::Address;
 
 use crate::input::{byte, u16le, Writer};
@@ -222,6 +226,62 @@ impl MsgSpec {
                 w.byte(7).byte(len).byte(c);
             }
         }
+    }
+}
+
+/// The id of a message that delivers a payload (gossip, direct), if it is one.
+pub fn carried_id(m: &Message) -> Option<MessageId> {
+    match m {
+        Message::Gossip(g) => Some(g.id),
+        Message::Direct { id, .. } => Some(*id),
+        _ => None,
+    }
+}
+
+/// What the engine must deliver for the first acceptable copy of a message with an id: the
+/// id, payload, origin time and hops of `Output::Deliver`.
+pub fn delivery(m: Message) -> Option<(MessageId, Bytes, u64, u32)> {
+    match m {
+        Message::Gossip(g) => Some((g.id, g.payload, g.origin_time_us, g.hops)),
+        Message::Direct { id, payload } => Some((id, payload, 0, 1)),
+        _ => None,
+    }
+}
+
+/// Which of 16 shapes a sent message has: its kind (gossip by route) and whether a field is
+/// at an extreme (a range or level of `u32::MAX`, 0 or over 255 hops, an empty payload).
+/// The target round-trips every new shape of an input through the wire, not every send.
+pub fn shape(m: &Message) -> u32 {
+    let (base, extreme) = match m {
+        Message::Gossip(g) => (
+            ROUTES.iter().position(|r| *r == g.route).unwrap_or(0) as u32,
+            g.level_or_range == u32::MAX || g.hops == 0 || g.hops > 255 || g.payload.is_empty(),
+        ),
+        Message::Ack { level_or_range, .. } => (5, *level_or_range == u32::MAX),
+        Message::Igyw { span, .. } => (6, *span == 0),
+        Message::IgywReply { want, .. } => (7, *want),
+        _ => (0, true),
+    };
+    base + 8 * u32::from(extreme)
+}
+
+/// Checks a message the engine sent under `strategy` and `max_payload`: one of the four
+/// engine kinds, gossip of that strategy within the limit with at least one hop, and, when
+/// `round_trip`, unchanged by encoding and decoding.
+pub fn check_sent(m: &Message, strategy: Strategy, max_payload: usize, round_trip: bool) {
+    match m {
+        Message::Gossip(g) => {
+            assert_eq!(g.strategy, strategy, "gossip of another strategy");
+            assert!(g.payload.len() <= max_payload, "oversized gossip sent");
+            assert!(g.hops >= 1, "gossip sent with 0 hops");
+        }
+        Message::Ack { .. } | Message::Igyw { .. } | Message::IgywReply { .. } => {}
+        other => panic!("the engine sent a {}", other.kind()),
+    }
+    if round_trip {
+        let back = wire::decode(wire::encode(m), max_payload)
+            .unwrap_or_else(|e| panic!("the engine sent an undecodable {}: {e}", summary(m)));
+        assert!(back == *m, "a sent {} changed on the wire", summary(m));
     }
 }
 

@@ -546,6 +546,18 @@ fn engine_seeds(out: &mut Vec<Seed>) {
             Advance(6000),
         ],
     );
+    // The transport reports the tree children unreachable before their ACKs: the sends fail
+    // at once and are re-delegated, the peers suspected.
+    add(
+        "unreachable-redelegates",
+        header(0b11),
+        &[
+            vec![bcast(0)],
+            (1..5).map(|peer| Unreachable { node: 0, peer }).collect(),
+            vec![DeliverAll, Advance(6000), DeliverAll],
+        ]
+        .concat(),
+    );
     add(
         "every-rejected-kind",
         header(0b10),

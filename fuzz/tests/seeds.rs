@@ -138,6 +138,11 @@ fn engine_seeds_reach_their_layer() {
     );
     let s = sum("flood-share");
     assert!(s.flood > 0 && s.deliveries >= 3, "{s:?}");
+    let s = sum("unreachable-redelegates");
+    assert!(
+        s.unreachable > 0 && s.suspicions > 0 && s.resplits > 0,
+        "{s:?}"
+    );
     let s = sum("every-rejected-kind");
     assert_eq!(s.rejected, 5, "{s:?}");
     let s = sum("injected-acks-and-range-inflation");
