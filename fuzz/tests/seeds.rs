@@ -144,7 +144,9 @@ fn engine_seeds_reach_their_layer() {
         "{s:?}"
     );
     let s = sum("every-rejected-kind");
-    assert_eq!(s.rejected, 5, "{s:?}");
+    // A strategy mismatch and an oversized payload; the seed's request, response and goodbye
+    // cannot reach an engine at all (it takes `BroadcastMessage`).
+    assert_eq!(s.rejected, 2, "{s:?}");
     let s = sum("injected-acks-and-range-inflation");
     // Inflated ranges are cut to what a correct sender could give: counted, not re-split.
     assert!(s.duplicates > 0 && s.impossible > 0, "{s:?}");
