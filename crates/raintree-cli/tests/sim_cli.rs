@@ -120,7 +120,10 @@ fn sim_defaults_to_the_nodes_strategy_and_names_the_size_as_localnet_does() {
     let default = raintree_json(&base);
     let exact = raintree_json(&[&base[..], &["--strategy", "exact"]].concat());
     let reference = raintree_json(&[&base[..], &["--strategy", "reference"]].concat());
-    assert_eq!(default, exact, "the simulator's default is the node's, exact");
+    assert_eq!(
+        default, exact,
+        "the simulator's default is the node's, exact"
+    );
     assert_ne!(default, reference);
     let size = raintree_json(&[&base[..], &["--size", "4096"]].concat());
     let alias = raintree_json(&[&base[..], &["--payload-size", "4096"]].concat());
