@@ -122,58 +122,71 @@ pub fn signed_bytes(
     b
 }
 
-/// Every message a raintree connection carries.
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub enum Message {
-    /// A broadcast payload.
-    Gossip(Gossip),
-    /// Acknowledges a tree send.
-    Ack {
-        /// The broadcast acknowledged.
-        id: MessageId,
-        /// The level or range of the acknowledged copy.
-        level_or_range: u32,
-    },
-    /// "I got, you want?"
-    Igyw {
-        /// The broadcast offered.
-        id: MessageId,
-        /// The clean-up window the receiver answers for (0 reads as 1).
-        span: u32,
-    },
-    /// The answer to an `Igyw`.
-    IgywReply {
-        /// The broadcast offered.
-        id: MessageId,
-        /// True asks for the full message.
-        want: bool,
-    },
-    /// A level-0 send: delivered, never forwarded.
-    Direct {
-        /// Identifies the message for dedup.
-        id: MessageId,
-        /// The application payload.
-        payload: Bytes,
-    },
-    /// A request expecting one `Response`.
-    Request {
-        /// Correlates the response, unique per connection direction.
-        id: u64,
-        /// The request body.
-        payload: Bytes,
-    },
-    /// The answer to a `Request`.
-    Response {
-        /// The id of the request answered.
-        id: u64,
-        /// The response body.
-        payload: Bytes,
-    },
-    /// Sent before a graceful close.
-    Goodbye {
-        /// A short human-readable reason.
-        reason: String,
-    },
+/// Declares an enum with the broadcast protocol's variants, written once, plus `$extra`: both
+/// [`Message`] and [`BroadcastMessage`] have exactly these, so they cannot drift apart.
+macro_rules! with_broadcast_variants {
+    ($(#[$meta:meta])* pub enum $name:ident { $($extra:tt)* }) => {
+        $(#[$meta])*
+        pub enum $name {
+            /// A broadcast payload.
+            Gossip(Gossip),
+            /// Acknowledges a tree send.
+            Ack {
+                /// The broadcast acknowledged.
+                id: MessageId,
+                /// The level or range of the acknowledged copy.
+                level_or_range: u32,
+            },
+            /// "I got, you want?"
+            Igyw {
+                /// The broadcast offered.
+                id: MessageId,
+                /// The clean-up window the receiver answers for (0 reads as 1).
+                span: u32,
+            },
+            /// The answer to an `Igyw`.
+            IgywReply {
+                /// The broadcast offered.
+                id: MessageId,
+                /// True asks for the full message.
+                want: bool,
+            },
+            /// A level-0 send: delivered, never forwarded.
+            Direct {
+                /// Identifies the message for dedup.
+                id: MessageId,
+                /// The application payload.
+                payload: Bytes,
+            },
+            $($extra)*
+        }
+    };
+}
+
+with_broadcast_variants! {
+    /// Every message a raintree connection carries.
+    #[derive(Clone, PartialEq, Eq, Debug)]
+    pub enum Message {
+        /// A request expecting one `Response`.
+        Request {
+            /// Correlates the response, unique per connection direction.
+            id: u64,
+            /// The request body.
+            payload: Bytes,
+        },
+        /// The answer to a `Request`.
+        Response {
+            /// The id of the request answered.
+            id: u64,
+            /// The response body.
+            payload: Bytes,
+        },
+        /// Sent before a graceful close.
+        Goodbye {
+            /// A short human-readable reason.
+            reason: String,
+        },
+    }
 }
 
 /// Why bytes are not a valid message, or a message may not be sent.
@@ -282,41 +295,12 @@ impl Message {
     }
 }
 
-/// The broadcast protocol's messages: what engines take and emit. The transport's own
-/// messages (`Request`, `Response`, `Goodbye`) have no variant here, so they cannot reach an
-/// engine.
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub enum BroadcastMessage {
-    /// A broadcast payload.
-    Gossip(Gossip),
-    /// Acknowledges a tree send.
-    Ack {
-        /// The broadcast acknowledged.
-        id: MessageId,
-        /// The level or range of the acknowledged copy.
-        level_or_range: u32,
-    },
-    /// "I got, you want?"
-    Igyw {
-        /// The broadcast offered.
-        id: MessageId,
-        /// The clean-up window the receiver answers for (0 reads as 1).
-        span: u32,
-    },
-    /// The answer to an `Igyw`.
-    IgywReply {
-        /// The broadcast offered.
-        id: MessageId,
-        /// True asks for the full message.
-        want: bool,
-    },
-    /// A level-0 send: delivered, never forwarded.
-    Direct {
-        /// Identifies the message for dedup.
-        id: MessageId,
-        /// The application payload.
-        payload: Bytes,
-    },
+with_broadcast_variants! {
+    /// The broadcast protocol's messages: what engines take and emit. The transport's own
+    /// messages (`Request`, `Response`, `Goodbye`) have no variant here, so they cannot reach an
+    /// engine.
+    #[derive(Clone, PartialEq, Eq, Debug)]
+    pub enum BroadcastMessage {}
 }
 
 impl BroadcastMessage {

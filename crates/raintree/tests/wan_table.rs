@@ -114,9 +114,9 @@ fn format_row(label: &str, r: &Report) -> String {
         r.latency_ms.p99,
         r.latency_ms.max,
         r.copies_per_delivery,
-        grouped(r.ack_timeouts),
-        grouped(r.give_ups),
-        grouped(r.resends),
+        grouped(r.engine.ack_timeouts),
+        grouped(r.engine.give_ups),
+        grouped(r.engine.resends),
         grouped(r.shutdown_lost_acked),
     )
 }
