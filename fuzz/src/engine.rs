@@ -19,11 +19,12 @@
 //! - after timeouts are handled at `now`, `poll_timeout()` is `None` or later than `now`;
 //! - sends go to someone else, carry only Gossip, Ack, Igyw or IgywReply, gossip of the
 //!   configured strategy within `max_payload`, and survive a wire round trip unchanged;
-//! - `stats()` counts exactly the deliveries and broadcasts observed.
+//! - `stats()` counts exactly the deliveries and broadcasts observed;
+//! - after every input, `Engine::check_invariants()` holds (the engine's own bookkeeping).
 //!
 //! With `RAINTREE_FUZZ_STRICT=1`, an engine must also never deliver an id twice (nor deliver
 //! its own broadcast) within `seen_ttl` of first seeing it, eviction or not: the issue 9 goal
-//! that the current seen-set does not meet (see docs/TESTING.md, "Fuzzing").
+//! that tombstones now meet (see docs/TESTING.md, "Fuzzing").
 //!
 //! Engine construction and the message kinds live in [`new_engine`] and [`crate::msg`], the
 //! two places to adapt when the engine's constructor or the wire change; [`after_input`] is
