@@ -62,11 +62,15 @@ impl Cleanup {
 const WANTED_CAPACITY: usize = 1024;
 
 /// Ids this node answered WANT for lately, until when: a second offer of the same id meanwhile
-/// gets HAVE, so a node in two overlapping clean-up windows takes the payload once.
+/// gets HAVE, so a node in two overlapping clean-up windows takes the payload once. Each WANT
+/// also grants its offerer the window it offered: a clean-up copy covers only a window this
+/// node asked that peer for, once.
 #[derive(Debug, Default)]
 pub(super) struct Wanted {
     until: HashMap<MessageId, Duration>,
     order: VecDeque<(Duration, MessageId)>,
+    grants: HashMap<(MessageId, Address), u32>,
+    grant_order: VecDeque<(Duration, MessageId, Address)>,
 }
 
 impl Wanted {
@@ -88,6 +92,24 @@ impl Wanted {
         self.until.insert(id, until);
         self.order.push_back((until, id));
     }
+
+    /// `from` may send `id` for the window `[0, span)` of this node's view until `until`.
+    fn grant(&mut self, id: MessageId, from: Address, span: u32, until: Duration) {
+        self.grants.insert((id, from), span);
+        self.grant_order.push_back((until, id, from));
+    }
+
+    /// The window granted to `from` for `id`, if any is still open; it is used up.
+    pub fn take_grant(&mut self, now: Duration, id: MessageId, from: Address) -> Option<u32> {
+        while let Some(&(until, old, peer)) = self.grant_order.front() {
+            if until > now && self.grant_order.len() <= WANTED_CAPACITY {
+                break;
+            }
+            self.grant_order.pop_front();
+            self.grants.remove(&(old, peer));
+        }
+        self.grants.remove(&(id, from))
+    }
 }
 
 impl<R: RngCore> Engine<R> {
@@ -105,9 +127,15 @@ impl<R: RngCore> Engine<R> {
                         && (span.min(clamp_u32(e.facts.view().len() as u64)) > e.cleanup.window
                             || (cfg.cleanup && !e.cleanup.started))
                 }));
-        if want && !self.seen.knows(&id) {
+        if want {
             let until = now.saturating_add(cfg.igyw_timeout);
-            self.core.wanted.note(id, until);
+            if !self.seen.knows(&id) {
+                self.core.wanted.note(id, until);
+            }
+            // The copy comes one round trip after this answer, within the offerer's wait.
+            let wait = cfg.igyw_timeout.max(cfg.max_ack_timeout);
+            let open = now.saturating_add(wait.saturating_mul(2));
+            self.core.wanted.grant(id, from, span, open);
         }
         self.core
             .send(from, BroadcastMessage::IgywReply { id, want });

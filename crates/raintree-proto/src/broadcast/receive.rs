@@ -40,7 +40,7 @@ impl<R: RngCore> Engine<R> {
             if !ctx.e.held.holds() && may_forward(&cfg, ctx.e.tree.done(), &g) {
                 ctx.restore_payload(&g.payload)?;
             }
-            ctx.follow_route(&g, first);
+            ctx.follow_route(from, &g, first);
             Ok(())
         });
         restored.unwrap_or(Ok(()))
@@ -220,14 +220,19 @@ impl Ctx<'_> {
     }
 
     /// The duty the copy's route asks of this node.
-    fn follow_route(&mut self, g: &Gossip, first: bool) {
+    fn follow_route(&mut self, from: Address, g: &Gossip, first: bool) {
         match g.route {
             Route::Tree | Route::Resend => self.tree_copy(g.level_or_range, first),
             // A ring copy travels on only from a node that first learns of it that way.
             Route::RingLeft if first => self.ring_copy(true),
             Route::RingRight if first => self.ring_copy(false),
-            // The offerer's chain goes on past the window; this node answers for the window.
-            Route::Cleanup => self.cover_window(g.level_or_range),
+            // The offerer's chain goes on past the window; this node answers for the window,
+            // but only one it asked this sender for: an unasked window would make it offer
+            // the message to every node of it.
+            Route::Cleanup => match self.node.wanted.take_grant(self.now, self.id, from) {
+                Some(span) => self.cover_window(span.min(g.level_or_range)),
+                None => self.node.stats.unasked_windows += 1,
+            },
             _ => {}
         }
     }

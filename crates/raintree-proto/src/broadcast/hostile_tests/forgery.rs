@@ -233,3 +233,30 @@ fn reference_levels_above_l_are_refused() {
         .unwrap();
     assert_eq!(e.stats().deliveries, 1);
 }
+
+/// Issue 17, finding 1: one small clean-up copy with a window of `u32::MAX` made a node offer
+/// the message to every other node (about 2n messages per node and id), with clean-up off.
+#[test]
+fn an_unasked_clean_up_window_makes_no_offers() {
+    let mut net = Net::new(27, exact());
+    let real = first_copy(&mut net, b"block");
+    net.run(T0);
+    let sent_before: u64 = net.engines.iter().map(|e| e.stats().igyw_sent).sum();
+    let amplify = Gossip {
+        route: Route::Cleanup,
+        level_or_range: u32::MAX,
+        ..real
+    };
+    let from = net.list.get(3).unwrap();
+    net.engines[5]
+        .handle_message(T0, from, BroadcastMessage::Gossip(amplify))
+        .unwrap();
+    net.drain(5);
+    net.run_timers(Duration::from_secs(60));
+    let sent: u64 = net.engines.iter().map(|e| e.stats().igyw_sent).sum();
+    assert_eq!(
+        sent, sent_before,
+        "offers made for a window nobody asked for"
+    );
+    assert_eq!(net.engines[5].stats().unasked_windows, 1);
+}
