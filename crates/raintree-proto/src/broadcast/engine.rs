@@ -393,19 +393,8 @@ impl<R: RngCore> Engine<R> {
         entry: Entry,
         from: Option<Address>,
     ) -> Result<(), EngineError> {
-        let share = match self.core.view.peers().position(&id.origin) {
-            Some(_) => Share::Origin(id.origin),
-            None => Share::Unlisted,
-        };
-        let pressed = self.seen.load() >= self.seen.capacity() / 2;
-        if let Some(from) = from {
-            if pressed && self.seen.held_by(share) as usize >= self.core.config.origin_share {
-                self.core.stats.flood += 1;
-                return Err(EngineError::Flood {
-                    own: from == id.origin,
-                });
-            }
-        }
+        self.room_for(now, id, from)?;
+        let share = self.share_of(&id);
         let ttl = self.core.config.seen_ttl;
         let Ok((_, evicted)) = self.seen.insert(id, entry, share, now, ttl) else {
             self.core.stats.seen_full += 1;
@@ -425,6 +414,40 @@ impl<R: RngCore> Engine<R> {
                 e,
             };
             ctx.schedule(at, TimerKind::Expire);
+        }
+        Ok(())
+    }
+
+    /// Whose share of the seen-set `id` counts against.
+    fn share_of(&self, id: &MessageId) -> Share {
+        match self.core.view.peers().position(&id.origin) {
+            Some(_) => Share::Origin(id.origin),
+            None => Share::Unlisted,
+        }
+    }
+
+    /// Whether the seen-set takes a new `id` from `from` (`None`: this node's broadcast, never
+    /// refused for its share): refused, and counted, when its origin holds its whole share of
+    /// a set under pressure, or when the set and its tombstones are full.
+    pub(super) fn room_for(
+        &mut self,
+        now: Duration,
+        id: MessageId,
+        from: Option<Address>,
+    ) -> Result<(), EngineError> {
+        let pressed = self.seen.load() >= self.seen.capacity() / 2;
+        if let Some(from) = from {
+            let share = self.share_of(&id);
+            if pressed && self.seen.held_by(share) as usize >= self.core.config.origin_share {
+                self.core.stats.flood += 1;
+                return Err(EngineError::Flood {
+                    own: from == id.origin,
+                });
+            }
+        }
+        if self.seen.is_full(now) {
+            self.core.stats.seen_full += 1;
+            return Err(EngineError::SeenSetFull);
         }
         Ok(())
     }

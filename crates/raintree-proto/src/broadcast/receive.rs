@@ -107,8 +107,17 @@ impl<R: RngCore> Engine<R> {
         received: u32,
     ) -> Result<(), EngineError> {
         let cfg = self.core.config.clone();
+        // The cheap refusals first: a copy the seen-set would refuse anyway costs no hash and
+        // no signature check, however often it is sent again.
+        if let Err(e) = self.room_for(now, g.id, Some(from)) {
+            if e == (EngineError::Flood { own: false }) {
+                self.acknowledge(from, g, received);
+            }
+            return Err(e);
+        }
         let hash = payload_hash(&g.payload);
         if cfg.verify_signatures {
+            self.core.stats.verified += 1;
             if let Err(why) = auth::check(g, &hash) {
                 return self.forged(why);
             }

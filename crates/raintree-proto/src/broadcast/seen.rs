@@ -224,6 +224,13 @@ impl SeenSet {
         }
     }
 
+    /// Whether a new id would be refused at `now`: entries and tombstones are all within their
+    /// age limit and at capacity.
+    pub fn is_full(&mut self, now: Duration) -> bool {
+        self.forget_tombs(now);
+        self.map.len() >= self.capacity && self.tombs.len() >= self.capacity
+    }
+
     /// Inserts a new entry first seen at `now`, evicting one beyond capacity into a tombstone
     /// that lasts until `born + ttl`; returns its sequence number and the entry evicted.
     pub fn insert(

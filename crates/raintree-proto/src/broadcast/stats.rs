@@ -126,6 +126,8 @@ engine_stats! {
     /// Messages from peers that arrived while `held_bytes` was full: delivered and
     /// forwarded once, without ACKs or clean-up.
     shed,
+    /// Origin signatures checked (first copies the seen-set had room for).
+    verified,
     /// Clean-up copies whose window this node had not asked their sender for: delivered if
     /// new, but no window is covered for them.
     unasked_windows,

@@ -367,3 +367,16 @@ fn kept_and_delivered_payloads_do_not_pin_the_receive_buffer() {
     assert!(payloads.len() >= 2, "{}", payloads.len());
     assert!(payloads.iter().all(|p| !inside(p) && p.len() == 1000));
 }
+
+/// Issue 17, finding 2: a copy the seen-set refuses costs no signature check, however often it
+/// comes (on `0f1a633` every refused copy was hashed and verified first).
+#[test]
+fn refused_copies_cost_no_signature_check() {
+    let (_, victim) = flood_then_honest(16, 3);
+    let s = victim.stats();
+    assert!(s.flood > 300, "{s:?}");
+    assert_eq!(
+        s.verified, s.deliveries,
+        "only admitted copies were verified: {s:?}"
+    );
+}
