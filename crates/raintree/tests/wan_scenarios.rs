@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use raintree::wan::{run, Scenario, WanConfig};
 
+mod child_process;
+
 fn small(scenario: Scenario, seed: u64) -> WanConfig {
     let mut cfg = WanConfig::new(12, scenario, 15, seed);
     cfg.latency = Duration::from_millis(40);
@@ -18,28 +20,12 @@ fn small(scenario: Scenario, seed: u64) -> WanConfig {
 /// which count per process: two runs in one process (or beside other tests) may drop them,
 /// and so send their FINs, in another order. A process that runs one scenario replays it.
 fn replay(seed: u64) -> String {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "replay_child",
-            "--exact",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env("RAINTREE_WAN_REPLAY_SEED", seed.to_string())
-        .output()
-        .expect("test binary runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let child = child_process::spawn(
+        "replay_child",
+        "RAINTREE_WAN_REPLAY_SEED",
+        &seed.to_string(),
     );
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    stdout
-        .lines()
-        .find_map(|l| l.split_once("REPORT ").map(|(_, r)| r))
-        .unwrap_or_else(|| panic!("no report in {stdout}"))
-        .to_string()
+    child_process::tagged_line(child, "REPORT ")
 }
 
 /// The scenario `replay` measures: crashes and lost segments, both drawn from the seed.

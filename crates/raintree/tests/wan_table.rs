@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use raintree::wan::{run, Report, Scenario, WanConfig};
 
+mod child_process;
+
 const SIMULATOR: &str = include_str!("../../../docs/SIMULATOR.md");
 const MARK: &str = "<!-- wan_table.rs: ";
 
@@ -123,35 +125,13 @@ fn format_row(label: &str, r: &Report) -> String {
 
 const ROW_ENV: &str = "RAINTREE_WAN_TABLE_FLAGS";
 
-/// Plays one row in a fresh process of this test binary and returns it as the docs print it.
-///
-/// Fresh, because a run replays its seed exactly only in a process of its own (a crash drops a
-/// host's tasks in an order that follows tokio's process-wide task ids), as `examples/wan.rs`
-/// runs it.
+/// Plays one row in a fresh process of this test binary (see `child_process`).
 fn spawn_row(label: &str, flags: &str) -> std::process::Child {
-    std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["row_child", "--exact", "--nocapture", "--test-threads", "1"])
-        .env(ROW_ENV, format!("{label}\t{flags}"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("test binary runs")
+    child_process::spawn("row_child", ROW_ENV, &format!("{label}\t{flags}"))
 }
 
 fn collect_row(child: std::process::Child) -> String {
-    let out = child.wait_with_output().expect("child finishes");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    stdout
-        .lines()
-        // libtest prints the test's name on the same line, ahead of its output.
-        .find_map(|l| l.split_once("ROW ").map(|(_, row)| row))
-        .unwrap_or_else(|| panic!("no row in {stdout}"))
-        .to_string()
+    child_process::tagged_line(child, "ROW ")
 }
 
 /// The run `spawn_row` asks for; a no-op in an ordinary test run.
