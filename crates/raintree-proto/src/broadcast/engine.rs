@@ -194,7 +194,8 @@ impl<R: RngCore> Engine<R> {
             .map(|k| auth::sign(k, &id, origin_time_us, strategy, &hash));
         let facts = Facts::new(self.core.view.clone(), hash, signature, origin_time_us, 0);
         let entry = Entry::new(facts, TreeState::default(), Held::new(payload, false));
-        self.insert(now, id, entry, None)?;
+        self.room_for(now, id, None)?;
+        self.insert(now, id, entry)?;
         self.core.stats.broadcasts += 1;
         self.with_entry(now, id, |ctx| ctx.originate());
         self.prune_stale();
@@ -383,17 +384,15 @@ impl<R: RngCore> Engine<R> {
         }
     }
 
-    /// Remembers a new id; refused when the seen-set and its tombstones are full of ids still
-    /// within their age limit (forgetting one could deliver it twice). `from` is the peer it
-    /// came from (`None`: this node's broadcast, never refused for its share).
+    /// Remembers a new id that [`Engine::room_for`] made room for; refused only if the
+    /// seen-set and its tombstones are full of ids still within their age limit (forgetting one
+    /// could deliver it twice).
     pub(super) fn insert(
         &mut self,
         now: Duration,
         id: MessageId,
         entry: Entry,
-        from: Option<Address>,
     ) -> Result<(), EngineError> {
-        self.room_for(now, id, from)?;
         let share = self.share_of(&id);
         let ttl = self.core.config.seen_ttl;
         let Ok((_, evicted)) = self.seen.insert(id, entry, share, now, ttl) else {

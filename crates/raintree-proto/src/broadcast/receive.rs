@@ -110,6 +110,8 @@ impl<R: RngCore> Engine<R> {
         // The cheap refusals first: a copy the seen-set would refuse anyway costs no hash and
         // no signature check, however often it is sent again.
         if let Err(e) = self.room_for(now, g.id, Some(from)) {
+            // A relay of someone else's flood is honest: it gets its ACK, so it does not take
+            // this node for failed; the copy goes no further.
             if e == (EngineError::Flood { own: false }) {
                 self.acknowledge(from, g, received);
             }
@@ -136,13 +138,7 @@ impl<R: RngCore> Engine<R> {
             TreeState::default(),
             Held::new(g.payload.clone(), shed),
         );
-        let r = self.insert(now, g.id, entry, Some(from));
-        // A relay of someone else's flood is honest: it gets its ACK, so it does not take
-        // this node for failed; the copy goes no further.
-        if r == Err(EngineError::Flood { own: false }) {
-            self.acknowledge(from, g, received);
-        }
-        r
+        self.insert(now, g.id, entry)
     }
 
     /// ACKs a tree copy when ACKs are on.
@@ -201,7 +197,8 @@ impl<R: RngCore> Engine<R> {
             TreeState::without_duty(),
             Held::new(Bytes::new(), false),
         );
-        self.insert(now, id, entry, Some(from))?;
+        self.room_for(now, id, Some(from))?;
+        self.insert(now, id, entry)?;
         self.core.stats.deliveries += 1;
         self.core.outputs.push_back(Output::Deliver {
             id,
