@@ -8,12 +8,10 @@ use serde_json::Value;
 const DESIGN: &str = include_str!("../../../docs/DESIGN.md");
 const SIMULATOR: &str = include_str!("../../../docs/SIMULATOR.md");
 
-/// One `raintree sim --json` run.
-fn sim(args: &[&str]) -> Value {
+/// What `raintree ARGS` printed on stdout; fails the test if it did not succeed.
+fn raintree(args: &[&str]) -> Vec<u8> {
     let out = Command::new(env!("CARGO_BIN_EXE_raintree"))
-        .arg("sim")
         .args(args)
-        .arg("--json")
         .output()
         .expect("the binary runs");
     assert!(
@@ -21,7 +19,13 @@ fn sim(args: &[&str]) -> Value {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("one JSON object")
+    out.stdout
+}
+
+/// One `raintree sim --json` run.
+fn sim(args: &[&str]) -> Value {
+    let args = [&["sim"], args, &["--json"]].concat();
+    serde_json::from_slice(&raintree(&args)).expect("one JSON object")
 }
 
 fn int(v: &Value, key: &str) -> u64 {
@@ -202,16 +206,8 @@ fn redundancy_table_matches_the_simulator() {
 
 /// `raintree scale-table --max-power P` as printed.
 fn scale_table(max_power: u32) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_raintree"))
-        .args(["scale-table", "--max-power", &max_power.to_string()])
-        .output()
-        .expect("the binary runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("UTF-8")
+    let out = raintree(&["scale-table", "--max-power", &max_power.to_string()]);
+    String::from_utf8(out).expect("UTF-8")
 }
 
 /// The text block of SIMULATOR.md that holds `raintree scale-table`'s output, as lines.
